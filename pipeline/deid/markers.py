@@ -1,0 +1,97 @@
+"""What a de-identified object says about itself: PS3.15 E.1.1 markers and new file meta."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .errors import DeidError
+from .profile import Profile
+from .rules import edition
+
+IMPLEMENTATION_CLASS_UID = "2.25.122751978065247634661608775165321655579"
+# PS3.16 CID 7050 (De-identification Method): code value and meaning for the profile and options.
+BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
+OPTION_CODES = {
+    "clean_graphics": ("113103", "Clean Graphics Option"),
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
+    "clean_descriptions": ("113105", "Clean Descriptors Option"),
+    "retain_long_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_long_modified_dates": (
+        "113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "retain_device_identity": ("113109", "Retain Device Identity Option"),
+    "retain_uids": ("113110", "Retain UIDs Option"),
+    "retain_safe_private": ("113111", "Retain Safe Private Option"),
+    "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
+}
+PRIVATE_KEPT_NOTE = "Private attributes retained (not a PS3.15 option)"
+
+
+def package_version() -> str:
+    try:
+        return version("dicom-deid")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
+def options_used(profile: Profile) -> list[tuple[str, str]]:
+    """CID 7050 codes for the profile; full dates win over modified dates, as in the engine."""
+    used = [code for flag, code in OPTION_CODES.items() if getattr(profile, flag)]
+    if profile.retain_long_full_dates and profile.retain_long_modified_dates:
+        used.remove(OPTION_CODES["retain_long_modified_dates"])
+    return [BASIC_CODE, *used]
+
+
+def temporal_state(profile: Profile) -> str:
+    if profile.retain_long_full_dates:
+        return "UNMODIFIED"
+    return "MODIFIED" if profile.retain_long_modified_dates else "REMOVED"
+
+
+def mark(ds: Dataset, profile: Profile) -> None:
+    """Record that identity was removed, and how (PS3.15 E.1.1 and PS3.3 C.7.1.1)."""
+    codes = options_used(profile)
+    method = [f"dicom-deid {package_version()}", f"PS3.15 {edition()} Annex E"]
+    method += [meaning for _, meaning in codes]
+    if profile.retain_private_tags and not profile.retain_safe_private:
+        method.append(PRIVATE_KEPT_NOTE)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = method
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = temporal_state(profile)
+
+
+def file_meta_for(body: Dataset, syntax: UID) -> FileMetaDataset:
+    """Fresh file meta: nothing of the source's but its transfer syntax."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = body.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = body.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = f"DICOMDEID_{package_version()}"[:16]
+    return meta
+
+
+def transfer_syntax(source: Dataset) -> UID:
+    """The output keeps the source's transfer syntax; one without file meta says it by encoding."""
+    meta = getattr(source, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        syntax = UID(meta.TransferSyntaxUID)
+        if not syntax.is_transfer_syntax:
+            raise DeidError("unsupported-transfer-syntax",
+                            f"{syntax} is not a transfer syntax pydicom can write")
+        return syntax
+    implicit, little = source.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian

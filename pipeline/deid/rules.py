@@ -1,0 +1,136 @@
+"""Resolve PS3.15 Table E.1-1 into one action per attribute for a given profile."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache, lru_cache
+from importlib import resources
+
+from pydicom.datadict import dictionary_has_tag, get_entry, tag_for_keyword
+from pydicom.tag import BaseTag, Tag
+
+from .profile import Profile
+
+# The option column each profile flag switches on (retain_private_tags has none: it is ours).
+OPTION_COLUMNS = {
+    "retain_safe_private": "rtn_safe_priv",
+    "retain_uids": "rtn_uids",
+    "retain_device_identity": "rtn_dev_id",
+    "retain_institution_identity": "rtn_inst_id",
+    "retain_patient_characteristics": "rtn_pat_chars",
+    "retain_long_full_dates": "rtn_long_full_dates",
+    "retain_long_modified_dates": "rtn_long_modif_dates",
+    "clean_descriptions": "clean_desc",
+    "clean_structured_content": "clean_struct_cont",
+    "clean_graphics": "clean_graph",
+}
+# Most conservative first: when several options override one attribute, the earliest wins.
+PRECEDENCE = "XZDCMUK"
+
+CURVE, OVERLAY_DATA, OVERLAY_COMMENTS, PRIVATE = (
+    "(50xx,xxxx)", "(60xx,3000)", "(60xx,4000)", "(gggg,eeee) where gggg is odd")
+_SINGLE = re.compile(r"^\(([0-9A-F]{4}),([0-9A-F]{4})\)$")
+
+
+def _load(name: str) -> dict:
+    return json.loads(resources.files(__package__).joinpath("data", name).read_text("utf-8"))
+
+
+@cache
+def _e1_1() -> dict:
+    return _load("table_e1_1.json")
+
+
+def edition() -> str:
+    """The edition of PS3.15 the rule tables were generated from."""
+    return _e1_1()["edition"]
+
+
+@cache
+def table() -> dict[str, dict[str, str]]:
+    """Table E.1-1 rows keyed by the tag as printed, e.g. '(0010,0010)' or '(50xx,xxxx)'."""
+    data = _e1_1()
+    return {row[0]: dict(zip(data["columns"], row)) for row in data["rows"]}
+
+
+@cache
+def _tag_rows() -> dict[int, dict[str, str]]:
+    return {int(m[1] + m[2], 16): row for key, row in table().items() if (m := _SINGLE.match(key))}
+
+
+@cache
+def _keywords() -> dict[str, int]:
+    return {row["keyword"]: tag for tag, row in _tag_rows().items()}
+
+
+@cache
+def safe_private() -> frozenset[tuple[str, int, int]]:
+    """Table E.3.10-1 as (private creator, group, element byte within the block)."""
+    rows = _load("safe_private.json")["rows"]
+    return frozenset((creator, int(tag[1:5], 16), int(tag[8:10], 16)) for creator, tag, *_ in rows)
+
+
+def to_tag(tag: int | tuple[int, int] | str | BaseTag) -> BaseTag:
+    """Accept the ways people name an attribute: int, Tag, (group, element) or keyword."""
+    if isinstance(tag, str):
+        found = _keywords().get(tag) or tag_for_keyword(tag)
+        if found is None:
+            raise ValueError(f"unknown DICOM keyword {tag!r}")
+        return Tag(found)
+    return Tag(tag)
+
+
+def _row_for(tag: int) -> dict[str, str] | None:
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2:
+        return table()[PRIVATE]
+    if group & 0xFF00 == 0x5000:
+        return table()[CURVE]
+    if group & 0xFF00 == 0x6000 and element in (0x3000, 0x4000):
+        return table()[OVERLAY_DATA if element == 0x3000 else OVERLAY_COMMENTS]
+    return _tag_rows().get(tag)
+
+
+def resolve_row(row: dict[str, str], profile: Profile) -> str:
+    """Apply the profile's option columns to one table row; compound codes take their first code."""
+    columns = [col for flag, col in OPTION_COLUMNS.items() if getattr(profile, flag)]
+    if profile.retain_long_full_dates and "rtn_long_modif_dates" in columns:
+        columns.remove("rtn_long_modif_dates")
+    overrides = [
+        "M" if col == "rtn_long_modif_dates" and row[col] == "C" else row[col][0]
+        for col in columns if row[col]
+    ]
+    if row["tag"] == PRIVATE and profile.retain_private_tags:
+        overrides.append("K")
+    if overrides:
+        return min(overrides, key=PRECEDENCE.index)
+    return row["basic"][0]
+
+
+def is_known_public(tag: int) -> bool:
+    """Whether the data dictionary (or Table E.1-1, which is newer) knows this public tag."""
+    if tag in _tag_rows() or dictionary_has_tag(tag):
+        return True
+    try:
+        get_entry(tag)  # repeating groups such as (60xx,0010)
+    except KeyError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=65536)
+def resolved_action(tag: int, profile: Profile) -> str:
+    """The action for a tag, beyond the table too: command, group-length, 0004 and unknown tags go."""
+    group, element = tag >> 16, tag & 0xFFFF
+    row = _row_for(tag)
+    if row is not None:
+        return resolve_row(row, profile)
+    if group in (0x0000, 0x0004, 0xFFFE) or element == 0x0000 or not is_known_public(tag):
+        return "X"
+    return "K"
+
+
+def action_for(tag: int | tuple[int, int] | str | BaseTag, profile: Profile | None = None) -> str:
+    """The resolved action code (one of D Z X K C U M) for an attribute under a profile."""
+    return resolved_action(int(to_tag(tag)), profile or Profile())
