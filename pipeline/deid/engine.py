@@ -41,7 +41,7 @@ class _Walk:
         out = Dataset()
         out.set_original_encoding(*self.encoding, source.original_character_set)
         creators: dict[int, str] = {}
-        kept_blocks: set[int] = set()
+        kept_blocks: set[tuple[int, int]] = set()
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
             if tag.is_private:

@@ -51,7 +51,7 @@ def edition() -> str:
 def table() -> dict[str, dict[str, str]]:
     """Table E.1-1 rows keyed by the tag as printed, e.g. '(0010,0010)' or '(50xx,xxxx)'."""
     data = _e1_1()
-    return {row[0]: dict(zip(data["columns"], row)) for row in data["rows"]}
+    return {row[0]: dict(zip(data["columns"], row, strict=True)) for row in data["rows"]}
 
 
 @cache
