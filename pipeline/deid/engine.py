@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -33,6 +34,7 @@ class _Walk:
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
     uid_map: dict[str, str] = field(default_factory=dict)
+    uid_attributes: dict[str, int] = field(default_factory=dict)  # the first tag each UID was in
 
     def items(self, source: Dataset, depth: int, dummy_text: bool) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action."""
@@ -92,7 +94,7 @@ class _Walk:
         if action == "Z":
             return DataElement(tag, vr, empty(vr))
         if vr == "UI" and action in "DCU":
-            return DataElement(tag, vr, self._uids(_text(elem)))
+            return DataElement(tag, vr, self._uids(tag, _text(elem)))
         if action == "U":  # a UID attribute stored under another VR: nothing safe to keep
             return None
         if action == "M" or (action == "C" and vr in DATE_VRS and self._shifting_dates):
@@ -129,11 +131,13 @@ class _Walk:
         items = [self.items(item, depth + 1, walk_as_dummy) for item in elem.value]
         return DataElement(elem.tag, "SQ", Sequence(items))
 
-    def _uids(self, value: str) -> list[str] | str:
+    def _uids(self, tag: int, value: str) -> list[str] | str:
         new = []
         for uid in (v.strip(" \0") for v in value.split("\\")):
             if uid:
-                self.uid_map.setdefault(uid, new_uid(self.key, uid))
+                if uid not in self.uid_map:
+                    self.uid_map[uid] = new_uid(self.key, uid)
+                    self.uid_attributes[uid] = tag
                 new.append(self.uid_map[uid])
         return new[0] if len(new) == 1 else new
 
@@ -187,10 +191,23 @@ def _refuse_unusable(ds: Dataset) -> None:
                                          "cannot be stored as a DICOM file (ACR-NEMA or a fragment?)")
 
 
+class Result(NamedTuple):
+    """A de-identified dataset, original UID -> new UID, and original UID -> tag it came from."""
+
+    dataset: FileDataset
+    uid_map: dict[str, str]
+    uid_attributes: dict[str, int]
+
+
 def apply(dataset: Dataset, profile: Profile | None = None, *,
           secret: str | bytes | None = None, **flags: bool) -> tuple[FileDataset, dict[str, str]]:
     """De-identify `dataset` into a new file dataset; return it with original UID -> new UID."""
-    profile = resolve(profile, flags)
+    result = deidentify(dataset, resolve(profile, flags), secret=secret)
+    return result.dataset, result.uid_map
+
+
+def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None = None) -> Result:
+    """`apply` for pipelines, which also record where each replaced UID came from."""
     try:
         _refuse_unusable(dataset)
         key = resolve_secret(secret)
@@ -209,4 +226,4 @@ def apply(dataset: Dataset, profile: Profile | None = None, *,
         raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
     out = FileDataset("", body, preamble=b"\0" * 128, file_meta=meta)
     out.set_original_encoding(*body.original_encoding, body.original_character_set)
-    return out, walk.uid_map
+    return Result(out, walk.uid_map, walk.uid_attributes)
