@@ -57,6 +57,7 @@ class _Walk:
                 out[tag] = new
         for creator_tag in (t for t in creators if (t >> 16, t & 0xFF) not in kept_blocks):
             del out[creator_tag]
+        _drop_orphaned_overlays(source, out)
         return out
 
     def _private(self, out: Dataset, tag, elem, creators: dict, kept_blocks: set, depth: int) -> None:
@@ -126,6 +127,8 @@ class _Walk:
         if action == "Z":
             return DataElement(elem.tag, "SQ", Sequence())
         if isinstance(elem, RawDataElement):
+            if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
+                elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
         walk_as_dummy = dummy_text or action in "DC"
         items = [self.items(item, depth + 1, walk_as_dummy) for item in elem.value]
@@ -140,6 +143,14 @@ class _Walk:
                     self.uid_attributes[uid] = tag
                 new.append(self.uid_map[uid])
         return new[0] if len(new) == 1 else new
+
+
+def _drop_orphaned_overlays(source: Dataset, out: Dataset) -> None:
+    """An overlay group whose Overlay Data was removed would describe nothing: remove it whole."""
+    for group in {t.group for t in source.keys() if t.group & 0xFF01 == 0x6000 and t.element == 0x3000}:
+        if (group << 16 | 0x3000) not in out:
+            for tag in [t for t in out.keys() if t.group == group]:
+                del out[tag]
 
 
 def _vr(elem) -> str:
