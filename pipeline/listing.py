@@ -1,0 +1,139 @@
+"""Stage 1: every object under a source, as one sorted table, listed in parallel where the store allows."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from .storage import filesystem, is_local, retry
+
+log = logging.getLogger(__name__)
+
+LISTING_SCHEMA = pa.schema([
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("size", pa.int64()),  # null only when a listing file gives no sizes
+])
+
+LISTING_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+# Split a prefix until it has this many sub-prefixes (or MAX_SPLIT_DEPTH levels) before listing them.
+SPLIT_TARGET = 64
+MAX_SPLIT_DEPTH = 3
+LIST_THREADS = 16
+
+
+def _table(urls: list[str], sizes: list[int | None]) -> pa.Table:
+    return pa.table({"url": pa.array(urls, pa.string()), "size": pa.array(sizes, pa.int64())},
+                    schema=LISTING_SCHEMA)
+
+
+def _files(fs: AbstractFileSystem, entries: list[dict]) -> pa.Table:
+    """Keep the objects (not directories or S3 "folder/" markers) of fsspec detail entries."""
+    keep = [e for e in entries if e.get("type") == "file" and not e["name"].endswith("/")]
+    return _table([fs.unstrip_protocol(e["name"]) for e in keep], [e.get("size") for e in keep])
+
+
+def _ls(fs: AbstractFileSystem, path: str) -> list[dict]:
+    return retry(fs.ls, path, detail=True, refresh=True)
+
+
+def _find(fs: AbstractFileSystem, path: str) -> list[dict]:
+    return list(retry(fs.find, path, detail=True, withdirs=False).values())
+
+
+def split_prefixes(fs: AbstractFileSystem, path: str, target: int = SPLIT_TARGET,
+                   max_depth: int = MAX_SPLIT_DEPTH) -> tuple[pa.Table, list[str]]:
+    """Objects found while descending, and the disjoint sub-prefixes left to list, so they can be listed
+    in parallel instead of as one long sequential listing."""
+    found: list[pa.Table] = []
+    frontier = [path]
+    with ThreadPoolExecutor(LIST_THREADS) as pool:
+        for _ in range(max_depth):
+            if len(frontier) >= target:
+                break
+            below: list[str] = []
+            for entries in pool.map(lambda p: _ls(fs, p), frontier):
+                found.append(_files(fs, entries))
+                below += [e["name"] for e in entries if e.get("type") == "directory"]
+            frontier = below
+            if not frontier:
+                break
+    return pa.concat_tables([_table([], []), *found]), frontier
+
+
+def list_prefixes(prefixes: list[str], storage_options: dict | str | None = None) -> pa.Table:
+    """Every object under each of the given URLs (one task's share of a split listing)."""
+    if not prefixes:
+        return _table([], [])
+    fs, _ = filesystem(prefixes[0], storage_options)
+    fs.invalidate_cache()
+    with ThreadPoolExecutor(min(LIST_THREADS, len(prefixes))) as pool:
+        parts = pool.map(lambda url: _files(fs, _find(fs, filesystem(url, storage_options)[1])), prefixes)
+        return pa.concat_tables(list(parts))
+
+
+def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Table:
+    fs, path = filesystem(source, storage_options)
+    fs.invalidate_cache()
+    if is_local(source):
+        # os.walk is fast and a remote worker may not see this disk: list here.
+        return _files(fs, _find(fs, path))
+    found, frontier = split_prefixes(fs, path)
+    urls = [fs.unstrip_protocol(p) for p in frontier]
+    n_tasks = min(len(urls), SPLIT_TARGET)
+    groups = [urls[i::n_tasks] for i in range(n_tasks)]
+    log.info("listing %d sub-prefixes in %d tasks", len(urls), n_tasks)
+    if client is None:
+        parts = [list_prefixes(group, storage_options) for group in groups]
+    else:
+        parts = client.gather(client.map(list_prefixes, groups, storage_options=storage_options))
+    return pa.concat_tables([found, *parts])
+
+
+def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Table:
+    """A CSV/Parquet of `url[,size]`, or S3 Inventory style `bucket,key[,size]`."""
+    fs, path = filesystem(source, storage_options)
+    with fs.open(path, "rb", compression="infer") as f:
+        table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
+    names = set(table.column_names)
+    if "url" in names:
+        urls = table["url"].cast(pa.string())
+    elif {"bucket", "key"} <= names:
+        urls = pc.binary_join_element_wise("s3://", table["bucket"].cast(pa.string()), "/",
+                                           table["key"].cast(pa.string()), "")
+    else:
+        raise ValueError("a listing file needs a 'url' column or 'bucket' and 'key' columns")
+    sizes = table["size"].cast(pa.int64()) if "size" in names else pa.nulls(len(table), pa.int64())
+    listed = pa.table({"url": urls, "size": sizes})
+    listed = listed.filter(pc.and_(pc.is_valid(listed["url"]), pc.invert(pc.ends_with(listed["url"], "/"))))
+    return listed.cast(LISTING_SCHEMA)
+
+
+def _is_listing_file(source: str, storage_options: dict | str | None) -> bool:
+    if not source.lower().endswith(LISTING_FILE_SUFFIXES):
+        return False
+    fs, path = filesystem(source, storage_options)
+    return retry(fs.isfile, path)
+
+
+def list_objects(source: str, storage_options: dict | str | None = None, client=None) -> pa.Table:
+    """Every object under SOURCE (fsspec URL, local path, or CSV/Parquet listing file), sorted by url,
+    each url once."""
+    if _is_listing_file(source, storage_options):
+        table = _read_listing_file(source, storage_options)
+    else:
+        fs, path = filesystem(source, storage_options)
+        if retry(fs.isfile, path):
+            table = _table([fs.unstrip_protocol(path)], [retry(fs.size, path)])
+        elif not retry(fs.isdir, path):
+            raise FileNotFoundError(f"no objects at {source}")
+        else:
+            table = _list_tree(source, storage_options, client)
+    # One row per url: a listing file may repeat itself.
+    unique = table.group_by("url").aggregate([("size", "max")])
+    return pa.table({"url": unique["url"], "size": unique["size_max"]}, schema=LISTING_SCHEMA).sort_by("url")

@@ -1,0 +1,149 @@
+"""One way to reach objects on disk or S3, with retries, so no stage special-cases a backend."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 10.0
+ATTEMPTS = 5
+
+# errno values that say "try again later" rather than "this will never work" (s3fs maps S3 503/SlowDown
+# to EBUSY and 500/InternalError to EREMOTEIO).
+TRANSIENT_ERRNOS = frozenset({
+    errno.EAGAIN, errno.EBUSY, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ECONNRESET,
+    errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.ENETUNREACH, errno.EPIPE,
+    errno.ETIMEDOUT, getattr(errno, "EREMOTEIO", 121),
+})
+TRANSIENT_AWS_CODES = frozenset({
+    "BandwidthLimitExceeded", "InternalError", "OperationAborted", "PriorRequestNotComplete",
+    "RequestLimitExceeded", "RequestThrottled", "RequestThrottledException", "RequestTimeout",
+    "RequestTimeoutException", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
+    "TooManyRequestsException",
+})
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Network error classes of the optional S3 stack that are always worth a retry."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        from botocore import exceptions as boto
+
+        found += [boto.ConnectionError, boto.HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        found += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ServerTimeoutError]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_TRANSIENT_TYPES = _transient_types()
+
+
+def _aws_transient(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return code in TRANSIENT_AWS_CODES or status == 429 or status >= 500
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when an error (or one it was raised from) is the kind that goes away if you wait."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            return False
+        if isinstance(current, _TRANSIENT_TYPES) or _aws_transient(current):
+            return True
+        if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1-based): exponential with full jitter."""
+    return random.uniform(0, min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (attempt - 1)))
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = ATTEMPTS, **kw: Any) -> T:
+    """Call fn(*args, **kw), retrying transient I/O errors so a flaky network does not fail a run."""
+    for attempt in range(1, attempts):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Type only: messages may carry object keys, which can hold patient data.
+            log.warning("transient %s, retry %d of %d", type(exc).__name__, attempt, attempts - 1)
+            time.sleep(backoff(attempt))
+    return fn(*args, **kw)
+
+
+def _options(storage_options: dict | str | None) -> dict:
+    if isinstance(storage_options, str):
+        return json.loads(storage_options) if storage_options.strip() else {}
+    return dict(storage_options or {})
+
+
+def filesystem(url: str, storage_options: dict | str | None = None) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for a URL and the path inside it; options are a dict or a JSON string."""
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    # Settings for object stores are meaningless (and sometimes rejected) on local disk.
+    options = {} if protocol in ("file", "local") else _options(storage_options)
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def is_local(url: str) -> bool:
+    """True for plain paths and file:// URLs, which only the machine that names them can read."""
+    return (fsspec.core.split_protocol(url)[0] or "file") in ("file", "local")
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or local path with single slashes."""
+    base = re.sub(r"(?<![:/])/+$", "", url)
+    tail = "/".join(part.strip("/") for part in parts if part.strip("/"))
+    if not tail:
+        return base or url
+    return base + tail if base.endswith("/") else f"{base}/{tail}"
+
+
+def read_many(fs: AbstractFileSystem, paths: Sequence[str], starts: Sequence[int] | None = None,
+              ends: Sequence[int] | None = None, attempts: int = ATTEMPTS) -> list[bytes | Exception]:
+    """Read many objects (or byte ranges) concurrently; per-path results, exceptions returned not raised."""
+    starts = list(starts) if starts is not None else [None] * len(paths)
+    ends = list(ends) if ends is not None else [None] * len(paths)
+    results: list[bytes | Exception] = list(fs.cat_ranges(list(paths), starts, ends, on_error="return"))
+    for attempt in range(1, attempts):
+        todo = [i for i, got in enumerate(results) if isinstance(got, Exception) and is_transient(got)]
+        if not todo:
+            break
+        log.warning("%d transient read errors, retry %d of %d", len(todo), attempt, attempts - 1)
+        time.sleep(backoff(attempt))
+        again = fs.cat_ranges([paths[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo],
+                              on_error="return")
+        for i, got in zip(todo, again, strict=True):
+            results[i] = got
+    return results
