@@ -1,0 +1,262 @@
+"""Stage 4: de-identify planned units in workers, and feed units to the cluster a window at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydicom.datadict import keyword_for_tag
+
+from .deid import DeidError, Profile, deidentify, parse, serialize
+from .storage import filesystem, retry
+from .tables import put_bytes, write_part
+
+log = logging.getLogger(__name__)
+
+IO_THREADS = 8
+UNIT_ATTEMPTS = 3
+# A UID that is safe as a path segment: what the standard allows (new UIDs always are).
+_SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every unit needs; the secret and storage options never show in a repr or a log."""
+
+    dest: str
+    tables: str
+    profile: Profile
+    secret: bytes = field(repr=False)
+    storage_options: dict | None = field(default=None, repr=False)
+    io_threads: int = IO_THREADS
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One planned unit's objects (url, size, duplicate_of); its repr names no object."""
+
+    unit_id: str
+    rows: list[dict] = field(repr=False)
+
+
+class _Outcome(NamedTuple):
+    manifest: dict
+    quarantine: dict | None
+    uids: list[dict]
+    index: dict | None
+
+
+def marker_path(tables_path: str, unit_id: str) -> str:
+    return f"{tables_path}/units/{unit_id}.done"
+
+
+def committed_units(tables: str, storage_options: dict | None = None) -> set[str]:
+    """Units whose commit marker exists: their outputs and table parts are complete."""
+    fs, path = filesystem(tables, storage_options)
+    folder = f"{path}/units"
+    if not retry(fs.exists, folder):
+        return set()
+    return {p.rsplit("/", 1)[-1][:-len(".done")] for p in retry(fs.find, folder) if p.endswith(".done")}
+
+
+def _text(ds, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return None if value is None or value == "" else str(value)
+
+
+def _number(ds, keyword: str) -> int | None:
+    try:
+        return int(ds.get(keyword))
+    except (TypeError, ValueError):
+        return None
+
+
+def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
+    manifest = {"source_url": row["url"], "status": "quarantined", "output_key": None, "reason": reason,
+                "source_size": row["size"], "output_size": None, "unit_id": unit_id}
+    return _Outcome(manifest, {"source_url": row["url"], "reason": reason, "detail": detail,
+                               "unit_id": unit_id}, [], None)
+
+
+def _one(row: dict, unit_id: str, settings: Settings, dest_fs, dest_path: str) -> _Outcome:
+    """Read, de-identify and write one object; anything wrong with the object becomes a quarantine row."""
+    if row.get("duplicate_of"):
+        return _quarantine(row, unit_id, "duplicate-sop-instance",
+                           f"same SOP Instance UID as {row['duplicate_of']}, which is kept")
+    try:
+        fs, path = filesystem(row["url"], settings.storage_options)
+        data = retry(fs.cat_file, path)
+    except Exception as exc:  # gone, forbidden, or still failing after retries
+        return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}")
+    try:
+        source = parse(data)
+        result = deidentify(source, settings.profile, secret=settings.secret)
+        out = serialize(result.dataset)
+    except DeidError as exc:
+        return _quarantine(row, unit_id, exc.reason, exc.detail)
+    except Exception as exc:  # the engine wraps its own failures; this is a last line of defence
+        return _quarantine(row, unit_id, "internal-error", type(exc).__name__)
+    ds = result.dataset
+    parts = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+    if not all(p and _SAFE_UID.match(p) for p in parts):
+        return _quarantine(row, unit_id, "missing-uid",
+                           "no valid Study, Series and SOP Instance UID to name the output by")
+    key = "/".join(parts[:2]) + f"/{parts[2]}.dcm"
+    put_bytes(dest_fs, f"{dest_path}/{key}", out)  # a failing destination fails the unit, not the object
+    original_study = _text(source, "StudyInstanceUID")
+    uids = [{"original_uid": original, "new_uid": new,
+             "attribute": keyword_for_tag(result.uid_attributes[original]) or
+             f"{result.uid_attributes[original]:08X}",
+             "original_study_uid": original_study, "new_study_uid": parts[0], "unit_id": unit_id}
+            for original, new in result.uid_map.items()]
+    index = {"study_uid": parts[0], "series_uid": parts[1], "sop_uid": parts[2],
+             "modality": _text(ds, "Modality"), "sop_class_uid": _text(ds, "SOPClassUID"),
+             "series_description": _text(ds, "SeriesDescription"), "rows": _number(ds, "Rows"),
+             "columns": _number(ds, "Columns"), "number_of_frames": _number(ds, "NumberOfFrames"),
+             "size": len(out), "key": key}
+    manifest = {"source_url": row["url"], "status": "written", "output_key": key, "reason": None,
+                "source_size": row["size"], "output_size": len(out), "unit_id": unit_id}
+    return _Outcome(manifest, None, uids, index)
+
+
+def run_unit(unit: Unit, settings: Settings) -> dict:
+    """De-identify one unit: outputs, then its table parts, then LAST its commit marker; return counts."""
+    dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
+    tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
+    rows = sorted(unit.rows, key=lambda r: r["url"])
+    # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
+        warnings.simplefilter("ignore")
+        outcomes = list(pool.map(lambda r: _one(r, unit.unit_id, settings, dest_fs, dest_path), rows))
+    uids: dict[str, dict] = {}
+    for outcome in outcomes:
+        for uid_row in outcome.uids:
+            uids.setdefault(uid_row["original_uid"], uid_row)
+    tables = {"manifest": [o.manifest for o in outcomes],
+              "quarantine": [o.quarantine for o in outcomes if o.quarantine],
+              "index": [o.index for o in outcomes if o.index],
+              "uid_map": list(uids.values())}
+    for name, table_rows in tables.items():
+        write_part(tables_fs, tables_path, name, unit.unit_id, table_rows)
+    stats = {"unit_id": unit.unit_id, "objects": len(outcomes),
+             "written": len(tables["index"]), "quarantined": len(tables["quarantine"]),
+             "source_bytes": sum(r["size"] or 0 for r in rows),
+             "output_bytes": sum(i["size"] for i in tables["index"]),
+             "reasons": dict(Counter(q["reason"] for q in tables["quarantine"]))}
+    put_bytes(tables_fs, marker_path(tables_path, unit.unit_id), json.dumps(stats, sort_keys=True).encode())
+    return stats
+
+
+def duplicates(plan: pa.Table) -> pa.Array:
+    """For each row, the url of an earlier object (by url) with the same SOP Instance UID, else null."""
+    n = plan.num_rows
+    order = pc.sort_indices(plan.select(["sop_uid", "url"]),
+                            sort_keys=[("sop_uid", "ascending"), ("url", "ascending")]).to_numpy()
+    sop = plan["sop_uid"].take(order)
+    urls = plan["url"].take(order).to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(sop).to_numpy(zero_copy_only=False)
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = pc.equal(sop[1:], sop[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
+    first = np.maximum.accumulate(np.where(same, 0, np.arange(n)))  # start of each run of equal UIDs
+    kept = np.where(same & valid, urls[first], None)
+    result = np.empty(n, dtype=object)
+    result[order] = kept
+    return pa.array(result, type=pa.string())
+
+
+def _units(plan: pa.Table) -> dict[str, pa.Table]:
+    """The plan's rows split by unit, each unit's rows contiguous."""
+    table = plan.select(["unit_id", "url", "size"]).append_column("duplicate_of", duplicates(plan))
+    table = table.take(pc.sort_indices(table, sort_keys=[("unit_id", "ascending"), ("url", "ascending")]))
+    ids = table["unit_id"].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
+    ends = np.r_[starts[1:], len(ids)]
+    rows = table.drop_columns(["unit_id"])
+    return {ids[s]: rows.slice(s, e - s) for s, e in zip(starts, ends, strict=True)}
+
+
+@dataclass
+class Progress:
+    """What the driver saw: units and object counts of this run."""
+
+    units_total: int = 0
+    units_skipped: int = 0
+    units_run: int = 0
+    failed_units: list[str] = field(default_factory=list)
+    objects: int = 0
+    written: int = 0
+    quarantined: int = 0
+    source_bytes: int = 0
+    output_bytes: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, stats: dict) -> None:
+        self.units_run += 1
+        for name in ("objects", "written", "quarantined", "source_bytes", "output_bytes"):
+            setattr(self, name, getattr(self, name) + stats[name])
+        self.reasons.update(stats["reasons"])
+
+
+def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | None = None,
+              window: int | None = None, on_unit: Callable[[dict], None] | None = None,
+              attempts: int = UNIT_ATTEMPTS) -> Progress:
+    """Run every uncommitted unit of `plan`, at most `window` at a time; resubmit failed units."""
+    from distributed import as_completed
+
+    units = _units(plan)
+    if done is None:
+        done = committed_units(settings.tables, settings.storage_options)
+    queue = [u for u in sorted(units) if u not in done]
+    progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
+    window = window or max(2, 2 * sum(client.nthreads().values()))
+    run_token = uuid.uuid4().hex[:8]
+    tries: Counter = Counter()
+    running: dict = {}
+    pending = as_completed()
+
+    def submit(unit_id: str) -> None:
+        unit = Unit(unit_id, units[unit_id].to_pylist())
+        key = f"deid-unit-{unit_id}-{run_token}-{tries[unit_id]}"
+        future = client.submit(run_unit, unit, settings, key=key, pure=False)
+        tries[unit_id] += 1
+        running[future] = unit_id
+        pending.add(future)
+
+    queue.reverse()
+    try:
+        while queue and len(running) < window:
+            submit(queue.pop())
+        for future in pending:
+            unit_id = running.pop(future)
+            try:
+                stats = future.result()
+            except Exception as exc:  # a killed worker or a failing destination: try the unit again
+                if tries[unit_id] < attempts:
+                    log.warning("unit %s failed (%s); resubmitting", unit_id, type(exc).__name__)
+                    submit(unit_id)
+                else:
+                    log.error("unit %s failed %d times (%s); left for a later run", unit_id, tries[unit_id],
+                              type(exc).__name__)
+                    progress.failed_units.append(unit_id)
+            else:
+                progress.add(stats)
+                if on_unit:
+                    on_unit(stats)
+            while queue and len(running) < window:
+                submit(queue.pop())
+    finally:
+        client.cancel(list(running))
+    return progress

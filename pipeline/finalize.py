@@ -1,0 +1,89 @@
+"""Stage 5: compact the units' table parts and write the run summary a person reads first."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .storage import filesystem, retry
+from .tables import MANIFEST_SCHEMA, compact, put_bytes
+
+PRIVATE_TABLES = ("manifest", "uid_map", "quarantine")
+INDEX_NAME = "index.parquet"
+SUMMARY_NAME = "summary.json"
+
+
+def _manifest_counts(fs, path: str) -> dict:
+    """Totals over every committed unit, read from the compacted manifest."""
+    with fs.open(path, "rb") as f:
+        manifest = pq.read_table(f, columns=["status", "reason", "source_size", "output_size"],
+                                 schema=MANIFEST_SCHEMA)
+    quarantined = pc.equal(manifest["status"], "quarantined")
+    reasons = manifest.filter(quarantined)["reason"].value_counts().to_pylist()
+    count = pc.sum(quarantined).as_py() or 0
+    return {
+        "objects": manifest.num_rows,
+        "written": manifest.num_rows - count,
+        "quarantined": count,
+        "source_bytes": pc.sum(manifest["source_size"]).as_py() or 0,
+        "output_bytes": pc.sum(manifest["output_size"]).as_py() or 0,
+        "quarantine_reasons": dict(sorted((r["values"], r["counts"]) for r in reasons)),
+    }
+
+
+def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict) -> dict:
+    """Compact parts into TABLES/<table>.parquet and DEST/index.parquet; write and return the summary.
+
+    `run` holds what only the driver knows: units total/run/skipped/failed, objects and bytes this run,
+    and elapsed seconds.
+    """
+    tables_fs, tables_path = filesystem(tables, storage_options)
+    dest_fs, dest_path = filesystem(dest, storage_options)
+    for name in PRIVATE_TABLES:
+        compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet")
+    compact(tables_fs, tables_path, "index", dest_fs, f"{dest_path}/{INDEX_NAME}")
+    elapsed = max(run["elapsed"], 1e-9)
+    summary = {
+        "source": run["source"], "dest": dest, "tables": tables,
+        **_manifest_counts(tables_fs, f"{tables_path}/manifest.parquet"),
+        "units_total": run["units_total"], "units_done": run["units_total"] - len(run["failed_units"]),
+        "units_run": run["units_run"], "units_skipped": run["units_skipped"],
+        "failed_units": run["failed_units"],
+        "this_run": {"objects": run["objects"], "source_bytes": run["source_bytes"],
+                     "elapsed_seconds": round(elapsed, 3),
+                     "objects_per_second": round(run["objects"] / elapsed, 2),
+                     "megabytes_per_second": round(run["source_bytes"] / elapsed / 1e6, 2)},
+    }
+    put_bytes(tables_fs, f"{tables_path}/{SUMMARY_NAME}", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def read_summary(tables: str, storage_options: dict | None = None) -> dict | None:
+    """The summary a finished run left in TABLES, or None."""
+    fs, path = filesystem(tables, storage_options)
+    summary = f"{path}/{SUMMARY_NAME}"
+    return json.loads(retry(fs.cat_file, summary)) if retry(fs.exists, summary) else None
+
+
+def describe(summary: dict) -> str:
+    """A few lines for a person: what happened and where it went."""
+    lines = [
+        f"objects: {summary['objects']}  written: {summary['written']}  "
+        f"quarantined: {summary['quarantined']}",
+        f"units: {summary['units_done']}/{summary['units_total']} done "
+        f"({summary['units_run']} this run, {summary['units_skipped']} already committed)",
+    ]
+    if summary["failed_units"]:
+        lines.append(f"FAILED units (re-run to retry): {len(summary['failed_units'])}")
+    this_run = summary["this_run"]
+    lines.append(f"this run: {this_run['objects']} objects in {this_run['elapsed_seconds']:.1f} s "
+                 f"({this_run['objects_per_second']:.1f} objects/s, "
+                 f"{this_run['megabytes_per_second']:.1f} MB/s)")
+    if summary["quarantine_reasons"]:
+        reasons = ", ".join(f"{r}: {n}" for r, n in summary["quarantine_reasons"].items())
+        lines.append(f"quarantine reasons: {reasons}")
+    lines.append(f"de-identified output: {summary['dest']}  (index: {INDEX_NAME})")
+    lines.append(f"private tables: {summary['tables']}  (keep these safe: they link back to the source)")
+    return "\n".join(lines)

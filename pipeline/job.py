@@ -1,0 +1,253 @@
+"""The whole job: list, scan, plan, run units and finalize, resumable from what TABLES already holds."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .deid import Profile
+from .deid.keys import SECRET_ENV, as_key
+from .deid.profile import resolve
+from .storage import filesystem, retry
+from .tables import put_bytes, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+JOB_NAME = "job.json"
+
+
+class JobError(Exception):
+    """A problem with how the job was asked for (not with any object): reported in one line."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did and where it went; `ok` is False when units failed or too much was quarantined."""
+
+    source: str
+    dest: str
+    tables: str
+    objects: int = 0
+    written: int = 0
+    quarantined: int = 0
+    source_bytes: int = 0
+    output_bytes: int = 0
+    units_total: int = 0
+    units_run: int = 0
+    units_skipped: int = 0
+    failed_units: tuple[str, ...] = ()
+    elapsed: float = 0.0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+    max_error_rate: float | None = None
+    report: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        return self.quarantined / self.objects if self.objects else 0.0
+
+    @property
+    def ok(self) -> bool:
+        too_many = self.max_error_rate is not None and self.error_rate > self.max_error_rate
+        return not self.failed_units and not too_many
+
+
+def resolve_key(secret: str | bytes | None) -> bytes:
+    """The secret from the argument or the environment; workers must share it, so never a random one."""
+    if secret is None:
+        secret = os.environ.get(SECRET_ENV)
+    if not secret:
+        raise JobError(f"no de-identification secret: pass secret= (CLI: --secret-file) or set {SECRET_ENV}")
+    return as_key(secret)
+
+
+def _fingerprint(key: bytes) -> str:
+    """Tells two secrets apart without revealing either."""
+    return hmac.new(key, b"dicom-deid/job-fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def _inside(inner: str, outer: str, storage_options: dict | None) -> bool:
+    inner_fs, inner_path = filesystem(inner, storage_options)
+    outer_fs, outer_path = filesystem(outer, storage_options)
+    inner_path, outer_path = inner_path.rstrip("/"), outer_path.rstrip("/")
+    return type(inner_fs) is type(outer_fs) and (inner_path == outer_path
+                                                 or inner_path.startswith(outer_path + "/"))
+
+
+def check_locations(source: str, dest: str, tables: str, storage_options: dict | None) -> None:
+    """Refuse layouts that would leak linkage tables into DEST or feed outputs back in as input."""
+    if _inside(tables, dest, storage_options):
+        raise JobError("the tables location must not be inside DEST: it links outputs back to patients")
+    if _inside(dest, tables, storage_options):
+        raise JobError("DEST must not be inside the tables location")
+    if _inside(dest, source, storage_options):
+        raise JobError("DEST must not be inside SOURCE: outputs would be read back as inputs")
+
+
+@contextmanager
+def cluster(client=None) -> Iterator:
+    """The given client, else the current one, else an embedded LocalCluster closed afterwards."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster, get_client
+
+    try:
+        current = get_client()
+    except ValueError:
+        current = None
+    if current is not None:
+        yield current
+        return
+    with (LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                       silence_logs=logging.ERROR) as local, Client(local) as embedded):
+        yield embedded
+
+
+def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Table:
+    """A stage's table, read back when an earlier run stored it, else computed (and stored)."""
+    if retry(fs.exists, path):
+        return read_table(fs, path)
+    table = compute()
+    if store:
+        write_table(fs, path, table)
+    return table
+
+
+def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
+            max_unit_bytes: int, store: bool = True) -> pa.Table:
+    """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
+    from .listing import list_objects
+    from .plan import plan
+    from .scan import scan
+
+    fs, path = filesystem(tables, storage_options)
+    listing = _stage(fs, f"{path}/listing.parquet",
+                     lambda: list_objects(source, storage_options, client=client), store)
+    log.info("listed %d objects", listing.num_rows)
+    inventory = _stage(fs, f"{path}/inventory.parquet",
+                       lambda: scan(listing, storage_options, client=client), store)
+    planned = _stage(fs, f"{path}/plan.parquet",
+                     lambda: plan(inventory, max_objects=max_unit_objects, max_bytes=max_unit_bytes), store)
+    log.info("planned %d units", len(pc.unique(planned["unit_id"])))
+    return planned
+
+
+def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
+    """Record which job TABLES belongs to; refuse to resume a different one there."""
+    fs, path = filesystem(tables, storage_options)
+    job_path = f"{path}/{JOB_NAME}"
+    if retry(fs.exists, job_path):
+        if json.loads(retry(fs.cat_file, job_path)) != identity:
+            raise JobError("the tables location holds a different job (other source, DEST, profile or "
+                           "secret); use a new --tables location")
+        return
+    retry(fs.makedirs, path, exist_ok=True)
+    put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
+
+
+class _Bars:
+    """tqdm bars of objects and bytes, advanced as units finish."""
+
+    def __init__(self, objects: int, nbytes: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.objects = tqdm(total=objects, unit="obj", desc="objects", position=0)
+        self.bytes = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ",
+                          position=1)
+
+    def __call__(self, stats: dict) -> None:
+        self.objects.update(stats["objects"])
+        self.bytes.update(stats["source_bytes"])
+
+    def close(self) -> None:
+        self.objects.close()
+        self.bytes.close()
+
+
+def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[str]) -> RunResult:
+    units = pc.unique(planned["unit_id"])
+    todo = planned.filter(pc.invert(pc.is_in(planned["unit_id"], value_set=pa.array(sorted(done),
+                                                                                    pa.string()))))
+    unreadable = pc.sum(pc.is_valid(planned["error"])).as_py() or 0
+    report = (f"dry run: {planned.num_rows} objects ({pc.sum(planned['size']).as_py() or 0} bytes) in "
+              f"{len(units)} units; {len(units) - len(pc.unique(todo['unit_id']))} units already committed; "
+              f"{todo.num_rows} objects would be processed; {unreadable} headers did not parse "
+              f"(they will be re-read and quarantined if still unreadable)")
+    return RunResult(source, dest, tables, objects=planned.num_rows, units_total=len(units),
+                     units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
+                     report=report)
+
+
+def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
+        secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
+        max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
+        max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None,
+        **profile_flags: bool) -> RunResult:
+    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
+    from .execute import Settings, committed_units, run_units
+    from .finalize import describe, finalize, read_summary
+
+    started = time.perf_counter()
+    try:
+        profile = resolve(profile, profile_flags)
+    except TypeError as exc:
+        raise JobError(str(exc)) from exc
+    if max_error_rate is not None and not 0 <= max_error_rate <= 1:
+        raise JobError("max_error_rate must be between 0 and 1")
+    check_locations(source, dest, tables, storage_options)
+    key = None if dry_run else resolve_key(secret)
+    with cluster(client) as active:
+        if progress:
+            print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
+        if not dry_run:
+            _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
+                            "secret_fingerprint": _fingerprint(key)}, storage_options)
+        planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
+                          max_unit_bytes=max_unit_bytes, store=not dry_run)
+        done = committed_units(tables, storage_options)
+        if dry_run:
+            return _dry_run(source, dest, tables, planned, done)
+        settings = Settings(dest, tables, profile, key, storage_options)
+        bars = None
+        if progress:
+            todo = planned.filter(pc.invert(pc.is_in(planned["unit_id"],
+                                                     value_set=pa.array(sorted(done), pa.string()))))
+            bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0)
+        callbacks = [c for c in (bars, on_unit) if c]
+
+        def unit_finished(stats: dict) -> None:
+            for callback in callbacks:
+                callback(stats)
+
+        try:
+            outcome = run_units(active, planned, settings, done=done, on_unit=unit_finished)
+        finally:
+            if bars:
+                bars.close()
+    summary = read_summary(tables, storage_options)
+    report = "nothing new to do: every unit was already committed\n"
+    if outcome.units_run or outcome.failed_units or summary is None:
+        report = ""
+        run_facts = {"source": source, "elapsed": time.perf_counter() - started,
+                     **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
+                                                         "failed_units", "objects", "source_bytes")}}
+        summary = finalize(tables, dest, storage_options, run=run_facts)
+    return RunResult(
+        source, dest, tables, objects=summary["objects"], written=summary["written"],
+        quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
+        output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
+        units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
+        elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
+        max_error_rate=max_error_rate, report=report + describe(summary))

@@ -1,0 +1,142 @@
+"""The run's Parquet tables: explicit schemas, per-unit parts, whole-or-nothing writes and compaction."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from .storage import retry
+
+UID_MAP_SCHEMA = pa.schema([
+    ("original_uid", pa.string()),
+    ("new_uid", pa.string()),
+    ("attribute", pa.string()),
+    ("original_study_uid", pa.string()),
+    ("new_study_uid", pa.string()),
+    ("unit_id", pa.string()),
+])
+MANIFEST_SCHEMA = pa.schema([
+    ("source_url", pa.string()),
+    ("status", pa.string()),
+    ("output_key", pa.string()),
+    ("reason", pa.string()),
+    ("source_size", pa.int64()),
+    ("output_size", pa.int64()),
+    ("unit_id", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("source_url", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("unit_id", pa.string()),
+])
+# The only table that goes to DEST: new UIDs and cleaned values, nothing that leads back to the source.
+INDEX_SCHEMA = pa.schema([
+    ("study_uid", pa.string()),
+    ("series_uid", pa.string()),
+    ("sop_uid", pa.string()),
+    ("modality", pa.string()),
+    ("sop_class_uid", pa.string()),
+    ("series_description", pa.string()),
+    ("rows", pa.int64()),
+    ("columns", pa.int64()),
+    ("number_of_frames", pa.int64()),
+    ("size", pa.int64()),
+    ("key", pa.string()),
+])
+PART_SCHEMAS = {"uid_map": UID_MAP_SCHEMA, "manifest": MANIFEST_SCHEMA,
+                "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA}
+ROW_GROUP_ROWS = 100_000
+_READ_BATCH = 64
+
+
+@contextmanager
+def atomic_open(fs, path: str) -> Iterator:
+    """A writable file that appears at `path` only once complete, so a killed writer leaves no half file."""
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(path, "wb") as f:  # object stores publish an object only when its upload completes
+            yield f
+        return
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def put_bytes(fs, path: str, data: bytes) -> None:
+    """Write one whole object, retrying transient storage errors."""
+    def put() -> None:
+        with atomic_open(fs, path) as f:
+            f.write(data)
+    retry(put)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def write_table(fs, path: str, table: pa.Table) -> None:
+    """Store a table as one Parquet object."""
+    put_bytes(fs, path, table_bytes(table))
+
+
+def read_table(fs, path: str, schema: pa.Schema | None = None) -> pa.Table:
+    """Load one Parquet object, cast to `schema` when given."""
+    table = pq.read_table(io.BytesIO(retry(fs.cat_file, path)))
+    return table.cast(schema) if schema is not None else table
+
+
+def part_path(tables_path: str, name: str, unit_id: str) -> str:
+    return f"{tables_path}/{name}/parts/{unit_id}.parquet"
+
+
+def write_part(fs, tables_path: str, name: str, unit_id: str, rows: list[dict]) -> None:
+    """One unit's rows of table `name`; rewriting it after a restart gives the same object."""
+    table = pa.Table.from_pylist(rows, schema=PART_SCHEMAS[name])
+    write_table(fs, part_path(tables_path, name, unit_id), table)
+
+
+def _parts(fs, tables_path: str, name: str) -> list[str]:
+    folder = f"{tables_path}/{name}/parts"
+    if not retry(fs.exists, folder):
+        return []
+    return sorted(p for p in retry(fs.find, folder) if p.endswith(".parquet"))
+
+
+def _read_parts(fs, paths: list[str]) -> Iterator[pa.Table]:
+    """Parts in order, fetched many at a time so that storage latency is paid once per batch."""
+    for start in range(0, len(paths), _READ_BATCH):
+        batch = paths[start:start + _READ_BATCH]
+        contents = retry(fs.cat, batch)
+        for path in batch:
+            yield pq.read_table(io.BytesIO(contents[path]))
+
+
+def compact(fs, tables_path: str, name: str, out_fs, out_path: str) -> int:
+    """Stream every part of table `name` into one Parquet file, unit by unit; return its row count."""
+    schema = PART_SCHEMAS[name]
+    rows = written = 0
+    pending: list[pa.Table] = []
+    with atomic_open(out_fs, out_path) as f, pq.ParquetWriter(f, schema) as writer:
+        for part in _read_parts(fs, _parts(fs, tables_path, name)):
+            pending.append(part.cast(schema))
+            rows += part.num_rows
+            if rows - written >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending))
+                pending, written = [], rows
+        writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
+    return rows
