@@ -164,7 +164,7 @@ def duplicates(plan: pa.Table) -> pa.Array:
     n = plan.num_rows
     order = pc.sort_indices(plan.select(["sop_uid", "url"]),
                             sort_keys=[("sop_uid", "ascending"), ("url", "ascending")]).to_numpy()
-    sop = plan["sop_uid"].take(order)
+    sop = plan["sop_uid"].cast(pa.string()).take(order)
     urls = plan["url"].take(order).to_numpy(zero_copy_only=False)
     valid = pc.is_valid(sop).to_numpy(zero_copy_only=False)
     same = np.zeros(n, dtype=bool)

@@ -1,0 +1,209 @@
+"""`dicom-deid`: run, scan or check a job from the shell; user mistakes end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from .deid import FLAGS
+from .deid.keys import SECRET_ENV
+
+DEMO_ROOT = Path("dicom-deid-output")
+DEMO_DEST = DEMO_ROOT / "deidentified"
+DEMO_TABLES = DEMO_ROOT / "private-tables"
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "check your arguments, storage or credentials", not "the program is broken"."""
+    from .job import JobError
+
+    found: list[type[BaseException]] = [UsageError, JobError, OSError, json.JSONDecodeError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {exc.filename or exc}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied (check credentials): {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"--storage-options is not valid JSON: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-deid", description="De-identify DICOM archives at scale.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="de-identify SOURCE into DEST (no arguments: a demo on "
+                                          "pydicom's test files)")
+    run.add_argument("source", nargs="?", help="fsspec URL or path, or a CSV/Parquet listing of URLs")
+    run.add_argument("dest", nargs="?", help="where de-identified objects and index.parquet go")
+    run.add_argument("--tables", help="private location for linkage tables (never inside DEST)")
+    run.add_argument("--secret-file", type=Path, help=f"file holding the secret (else env {SECRET_ENV})")
+    run.add_argument("--dry-run", action="store_true", help="list, scan and plan; print what would run")
+    run.add_argument("--max-error-rate", type=float, metavar="FRACTION",
+                     help="exit 1 if more than this fraction of objects is quarantined")
+    run.add_argument("--max-unit-objects", type=int, default=1000, metavar="N")
+    run.add_argument("--max-unit-bytes", type=int, default=2**31, metavar="N")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    profile = run.add_argument_group("profile options (PS3.15 Annex E)")
+    for name in FLAGS:
+        profile.add_argument(_flag(name), dest=name, action="store_true")
+
+    scan = commands.add_parser("scan", help="list and scan SOURCE; write the inventory table")
+    scan.add_argument("source")
+    scan.add_argument("--out", required=True, help="Parquet URL for the inventory")
+
+    status = commands.add_parser("status", help="what a tables location says about its run")
+    status.add_argument("tables")
+    for sub in (run, scan, status):
+        sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
+    for sub in (run, scan):
+        sub.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+    return parser
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    if not args.storage_options:
+        return None
+    options = json.loads(args.storage_options)
+    if not isinstance(options, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return options
+
+
+def _client(address: str | None):
+    """A client of the named scheduler, or nothing (the job then starts a local cluster)."""
+    if not address:
+        return nullcontext(None)
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s")
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}") from exc
+
+
+def _read_secret(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read --secret-file {path}: {exc.strerror}") from exc
+    if not secret:
+        raise UsageError(f"--secret-file {path} is empty")
+    return secret
+
+
+def _demo_secret() -> bytes | None:
+    """The demo runs with no secret configured: a random one, and earlier demo output is replaced."""
+    if os.environ.get(SECRET_ENV):
+        return None
+    print("demo: no secret configured, using a random one: new UIDs are not reproducible across runs",
+          file=sys.stderr)
+    for folder in (DEMO_DEST, DEMO_TABLES):
+        if folder.exists():
+            shutil.rmtree(folder)
+    return secrets.token_bytes(32)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import job
+
+    demo = args.source is None
+    if demo:
+        import pydicom
+
+        args.source = str(Path(pydicom.__file__).parent / "data" / "test_files")
+        args.dest, args.tables = str(DEMO_DEST), str(DEMO_TABLES)
+        secret = None if args.dry_run else _demo_secret()
+    else:
+        if args.dest is None:
+            raise UsageError("DEST is required when SOURCE is given")
+        if args.tables is None:
+            raise UsageError("--tables is required: a private location, outside DEST, for linkage tables")
+        secret = _read_secret(args.secret_file)
+        if secret is None and not args.dry_run and not os.environ.get(SECRET_ENV):
+            raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} (keep it: the same "
+                             "secret gives the same new UIDs in later runs)")
+    if args.max_unit_objects < 1 or args.max_unit_bytes < 1:
+        raise UsageError("--max-unit-objects and --max-unit-bytes must be positive")
+    flags = {name: True for name in FLAGS if getattr(args, name)}
+    with _client(args.scheduler) as client:
+        result = job.run(args.source, args.dest, args.tables, client=client, secret=secret,
+                         storage_options=_storage_options(args), dry_run=args.dry_run,
+                         max_error_rate=args.max_error_rate, progress=not args.no_progress,
+                         max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes, **flags)
+    print(result.report)
+    if demo and not args.dry_run:
+        print(f"demo: de-identified files in {DEMO_DEST}/, linkage tables in {DEMO_TABLES}/")
+    if not result.ok:
+        why = (f"{len(result.failed_units)} units failed; run again to retry them" if result.failed_units
+               else f"quarantined {result.error_rate:.1%} of objects, above --max-error-rate")
+        print(f"dicom-deid: run not OK: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from .job import cluster
+    from .listing import list_objects
+    from .scan import scan
+    from .storage import filesystem
+    from .tables import write_table
+
+    options = _storage_options(args)
+    with _client(args.scheduler) as given, cluster(given) as client:
+        inventory = scan(list_objects(args.source, options, client=client), options, client=client)
+    fs, path = filesystem(args.out, options)
+    write_table(fs, path, inventory)
+    unparsed = pc.sum(pc.is_valid(inventory["error"])).as_py() or 0
+    print(f"scanned {inventory.num_rows} objects ({unparsed} headers did not parse) -> {args.out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import describe_status, job_status
+
+    print(describe_status(job_status(args.tables, _storage_options(args))))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dicom-deid` console script."""
+    args = _parser().parse_args(argv)
+    command = {"run": _run, "scan": _scan, "status": _status}[args.command]
+    try:
+        return command(args)
+    except _user_errors() as exc:
+        print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
