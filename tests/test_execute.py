@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from samples import SECRET, identifying_strings, poison_objects, study_objects, tree, write_tree
 
 from pipeline.deid import Profile
@@ -53,7 +52,8 @@ def test_unit_writes_outputs_by_new_uids_then_parts_then_marker(tmp_path):
     uid_map = _part(settings, "uid_map", "u-1", UID_MAP_SCHEMA)
     mapped = dict(zip(uid_map["original_uid"].to_pylist(), uid_map["new_uid"].to_pylist(), strict=True))
     assert set(index["sop_uid"].to_pylist()) <= set(mapped.values())
-    assert {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"} <= set(uid_map["attribute"].to_pylist())
+    attributes = set(uid_map["attribute"].to_pylist())
+    assert {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"} <= attributes
 
 
 def test_poison_objects_are_quarantined_with_their_reason(tmp_path):
@@ -100,7 +100,8 @@ def test_driver_runs_each_unit_once_and_skips_committed_units(tmp_path, dask_cli
     files = study_objects(4, 3, seed="drv")
     write_tree(tmp_path / "src", files)
     rows = _rows(tmp_path / "src", sorted(files))
-    plan = pa.Table.from_pylist([{**r, "unit_id": f"u-{i // 2}", "sop_uid": None} for i, r in enumerate(rows)])
+    plan = pa.Table.from_pylist([{**row, "unit_id": f"u-{i // 2}", "sop_uid": None}
+                                 for i, row in enumerate(rows)])
     settings = _settings(tmp_path)
     seen = []
     progress = run_units(dask_client, plan, settings, window=2, on_unit=seen.append)
