@@ -1,0 +1,225 @@
+"""Stage 2: the header of every listed object, read with range reads, never the pixel data."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+
+from .storage import filesystem, read_many, retry
+
+log = logging.getLogger(__name__)
+
+_NULLABLE_STRINGS = ("study_uid", "series_uid", "sop_uid", "patient_id", "modality", "sop_class_uid",
+                     "transfer_syntax_uid", "burned_in_annotation")
+INVENTORY_SCHEMA = pa.schema(
+    [pa.field("url", pa.string(), nullable=False), pa.field("size", pa.int64())]
+    + [pa.field(name, pa.string()) for name in _NULLABLE_STRINGS]
+    + [pa.field("header_bytes_read", pa.int64()), pa.field("error", pa.string())]
+)
+_KEYWORDS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
+             "patient_id": "PatientID", "modality": "Modality", "sop_class_uid": "SOPClassUID",
+             "burned_in_annotation": "BurnedInAnnotation"}
+
+# A later read fetches at least this many times what was read before, so a header needs few rounds.
+GROWTH = 2
+# Every column of the inventory comes from a tag at or below Burned In Annotation (0028,0301): parsing stops
+# there, before private groups such as Siemens CSA (0029,xxxx), overlays and pixel data.
+LAST_TAG = 0x00280301
+MIN_BATCH, MAX_BATCH = 1000, 10000
+SIZE_THREADS = 16
+# First groups a file without the 128-byte preamble and "DICM" may start with: command, meta, identifying.
+_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class _Tracked(io.BytesIO):
+    """Bytes that remember whether, and how far, the parser asked for more than there was."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.ran_out = False  # some read got fewer bytes than asked for
+        self.cut = False  # some read got some, but not all, of what it asked for
+        self.wanted = 0  # the furthest offset a read asked for
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self.tell()
+        chunk = super().read(size)
+        if size is None or size < 0 or len(chunk) < size:
+            self.ran_out = True
+            self.cut = self.cut or (size is not None and size >= 0 and len(chunk) > 0)
+            self.wanted = max(self.wanted, start + size if size is not None and size >= 0 else 0)
+        return chunk
+
+
+def _looks_like_dicom(data: bytes) -> bool:
+    if data[128:132] == b"DICM":
+        return True
+    return len(data) >= 8 and (int.from_bytes(data[:2], "little") in _FIRST_GROUPS
+                               or int.from_bytes(data[:2], "big") in _FIRST_GROUPS)
+
+
+def _past_header(tag: int, vr: str | None, length: int) -> bool:
+    return tag > LAST_TAG
+
+
+def _short_element(ds: Dataset) -> bool:
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        length = getattr(elem, "length", _UNDEFINED_LENGTH)
+        if length != _UNDEFINED_LENGTH and isinstance(elem.value, bytes) and len(elem.value) < length:
+            return True
+    return False
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value is the run stage's to judge; here it is merely unknown
+        return None
+    text = str(value).strip("\0 ") if value is not None else ""
+    return text or None
+
+
+@dataclass
+class _Object:
+    """One object's scan in progress."""
+
+    url: str
+    size: int | None
+    data: bytes = b""
+    wanted: int = 0  # how many bytes the last parse showed the header needs, at least
+    record: dict = field(default_factory=dict)
+
+
+def _parse(obj: _Object) -> bool:
+    """Fill obj.record from the bytes read so far; False when the header runs past them."""
+    whole = obj.size is not None and len(obj.data) >= obj.size
+    if not obj.data:
+        obj.record["error"] = "empty"
+        return True
+    if not _looks_like_dicom(obj.data):
+        obj.record["error"] = "not-dicom"
+        return True
+    buffer = _Tracked(obj.data)
+    try:
+        ds = read_partial(buffer, stop_when=_past_header, force=True)
+    except Exception as exc:
+        if not whole:
+            return False
+        obj.record["error"] = f"unreadable: {type(exc).__name__}"
+        return True
+    if buffer.ran_out and not whole:
+        obj.wanted = buffer.wanted
+        return False
+    if buffer.ran_out and (buffer.cut or not len(ds) or _short_element(ds)):
+        obj.record["error"] = "truncated"
+        return True
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    obj.record.update({column: _text(ds, keyword) for column, keyword in _KEYWORDS.items()})
+    obj.record["sop_class_uid"] = obj.record["sop_class_uid"] or _text(meta, "MediaStorageSOPClassUID")
+    obj.record["transfer_syntax_uid"] = _text(meta, "TransferSyntaxUID")
+    return True
+
+
+def _fill_sizes(objects: list[_Object], storage_options: dict | str | None) -> None:
+    """Ask the store for sizes a listing file did not give (needed to know when a read is complete)."""
+    unknown = [obj for obj in objects if obj.size is None]
+
+    def size_of(obj: _Object) -> None:
+        fs, path = filesystem(obj.url, storage_options)
+        try:
+            obj.size = retry(fs.size, path)
+        except Exception as exc:
+            obj.record["error"] = f"io: {type(exc).__name__}"
+
+    with ThreadPoolExecutor(SIZE_THREADS) as pool:
+        list(pool.map(size_of, unknown))
+
+
+def _read_more(objects: list[_Object], storage_options: dict | str | None, header_bytes: int) -> None:
+    """Extend each object's bytes to the next read size, one concurrent batch per filesystem."""
+    by_protocol: dict[str, list[_Object]] = defaultdict(list)
+    for obj in objects:
+        by_protocol[fsspec.core.split_protocol(obj.url)[0] or "file"].append(obj)
+    for group in by_protocol.values():
+        fs, _ = filesystem(group[0].url, storage_options)
+        paths = [filesystem(obj.url, storage_options)[1] for obj in group]
+        starts = [len(obj.data) for obj in group]
+        ends = [min(obj.size, max(header_bytes, obj.wanted + header_bytes, len(obj.data) * GROWTH))
+                for obj in group]
+        for obj, got in zip(group, read_many(fs, paths, starts, ends), strict=True):
+            if isinstance(got, Exception):
+                obj.record["error"] = f"io: {type(got).__name__}"
+            elif not got:  # shorter than listed: what there is, is all there is
+                obj.size = len(obj.data)
+            else:
+                obj.data += got
+
+
+def scan_batch(urls: list[str], sizes: list[int | None], storage_options: dict | str | None = None,
+               header_bytes: int = 65536) -> pa.Table:
+    """Scan one batch of objects (one task's share), reading each header with as few bytes as possible."""
+    objects = [_Object(url, size) for url, size in zip(urls, sizes, strict=True)]
+    _fill_sizes(objects, storage_options)
+    pending = [obj for obj in objects if "error" not in obj.record]
+    with warnings.catch_warnings():
+        # pydicom warns about odd values, quoting them: UIDs and names must not reach logs.
+        warnings.simplefilter("ignore")
+        while pending:
+            _read_more([obj for obj in pending if len(obj.data) < obj.size], storage_options, header_bytes)
+            pending = [obj for obj in pending if "error" not in obj.record and not _parse(obj)]
+    rows = [{**obj.record, "url": obj.url, "size": obj.size, "header_bytes_read": len(obj.data)}
+            for obj in objects]
+    return pa.Table.from_pylist(rows, schema=INVENTORY_SCHEMA)
+
+
+def _batches(listing: pa.Table, client) -> list[pa.Table]:
+    workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+    size = min(MAX_BATCH, max(MIN_BATCH, -(-listing.num_rows // (4 * workers))))
+    return [listing.slice(start, size) for start in range(0, listing.num_rows, size)]
+
+
+def scan(listing: pa.Table, storage_options: dict | str | None = None, client=None,
+         header_bytes: int = 65536) -> pa.Table:
+    """The inventory: one row per listed object with its identifying header fields, or why it has none."""
+    batches = _batches(listing, client)
+    log.info("scanning %d objects in %d batches", listing.num_rows, len(batches))
+    if client is None:
+        parts = [scan_batch(b["url"].to_pylist(), b["size"].to_pylist(), storage_options, header_bytes)
+                 for b in batches]
+    else:
+        parts = _scan_on_cluster(client, batches, storage_options, header_bytes)
+    return pa.concat_tables([INVENTORY_SCHEMA.empty_table(), *parts])
+
+
+def _scan_on_cluster(client, batches: list[pa.Table], storage_options, header_bytes: int) -> list[pa.Table]:
+    """Keep a bounded window of batches in flight so the scheduler never holds the whole listing."""
+    from distributed import as_completed
+
+    window = 2 * sum(client.nthreads().values())
+    todo = list(enumerate(batches))[::-1]
+    index_of: dict[str, int] = {}
+    parts: dict[int, pa.Table] = {}
+
+    def submit():
+        index, batch = todo.pop()
+        future = client.submit(scan_batch, batch["url"].to_pylist(), batch["size"].to_pylist(),
+                               storage_options, header_bytes, pure=False)
+        index_of[future.key] = index
+        return future
+
+    running = as_completed([submit() for _ in range(min(window, len(todo)))])
+    for future in running:
+        parts[index_of.pop(future.key)] = future.result()
+        if todo:
+            running.add(submit())
+    return [parts[index] for index in range(len(batches))]

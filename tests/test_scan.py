@@ -1,0 +1,125 @@
+"""Stage 2: header scans read little, fall back when a header is long, and record broken objects."""
+
+import io
+
+import pyarrow as pa
+import pytest
+import s3fs
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from pipeline import scan as scan_module
+from pipeline.listing import list_objects
+from pipeline.scan import INVENTORY_SCHEMA, scan
+
+MIB = 1024 * 1024
+
+
+def make_dicom(n: int = 1, pixel_bytes: int = 4 * MIB, private_bytes: int = 0) -> bytes:
+    """A CT object with `pixel_bytes` of pixel data and, optionally, a big private element early on."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.99.3.{n}"
+    ds.Modality = "CT"
+    if private_bytes:
+        ds.add_new(0x00090010, "LO", "TEST CREATOR")
+        ds.add_new(0x00091001, "OB", b"\1" * private_bytes)
+    ds.PatientID = f"PID-{n}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.99.2"
+    ds.Rows, ds.Columns = 1024, pixel_bytes // 2048
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BurnedInAnnotation = "NO"
+    ds.PixelData = b"\0" * pixel_bytes
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _rows(table: pa.Table) -> dict[str, dict]:
+    return {row["url"].rsplit("/", 1)[-1]: row for row in table.to_pylist()}
+
+
+def _check_fields(row: dict, n: int) -> None:
+    assert row["error"] is None
+    assert row["study_uid"] == "1.2.826.0.1.3680043.99.1"
+    assert row["series_uid"] == "1.2.826.0.1.3680043.99.2"
+    assert row["sop_uid"] == f"1.2.826.0.1.3680043.99.3.{n}"
+    assert row["patient_id"] == f"PID-{n}"
+    assert (row["modality"], row["sop_class_uid"]) == ("CT", CTImageStorage)
+    assert row["transfer_syntax_uid"] == ExplicitVRLittleEndian
+    assert row["burned_in_annotation"] == "NO"
+
+
+@pytest.fixture
+def s3_objects(s3_server, s3_bucket) -> str:
+    """Large, long-header and broken objects in a fresh bucket; returns the prefix URL."""
+    fs = s3fs.S3FileSystem(**s3_server["storage_options"])
+    plain = get_testdata_file("CT_small.dcm", read=False)
+    with open(plain, "rb") as f:
+        small = f.read()
+    fs.pipe({
+        f"{s3_bucket}/in/big.dcm": make_dicom(1),
+        f"{s3_bucket}/in/long-header.dcm": make_dicom(2, private_bytes=300_000),
+        f"{s3_bucket}/in/empty.dcm": b"",
+        f"{s3_bucket}/in/notes.txt": b"this is not a DICOM file at all, just some words" * 10,
+        f"{s3_bucket}/in/truncated.dcm": small[:700],
+    })
+    return f"s3://{s3_bucket}/in"
+
+
+def test_scan_reads_only_the_header_of_large_objects_on_s3(s3_server, s3_objects):
+    options = s3_server["storage_options"]
+    inventory = scan(list_objects(s3_objects, options), options)
+    assert inventory.schema == INVENTORY_SCHEMA
+    big = _rows(inventory)["big.dcm"]
+    _check_fields(big, 1)
+    assert big["size"] > 4 * MIB
+    assert 0 < big["header_bytes_read"] <= 64 * 1024
+
+
+def test_scan_falls_back_to_a_bigger_read_for_a_long_header(s3_server, s3_objects):
+    options = s3_server["storage_options"]
+    row = _rows(scan(list_objects(s3_objects, options), options))["long-header.dcm"]
+    _check_fields(row, 2)
+    assert 300_000 < row["header_bytes_read"] < row["size"] - 2 * MIB  # more than 64 KiB, no pixel data
+
+
+def test_scan_records_broken_objects_without_raising(s3_server, s3_objects):
+    options = s3_server["storage_options"]
+    rows = _rows(scan(list_objects(s3_objects, options), options))
+    assert rows["empty.dcm"]["error"] == "empty"
+    assert rows["empty.dcm"]["header_bytes_read"] == 0
+    assert rows["notes.txt"]["error"] == "not-dicom"
+    assert rows["truncated.dcm"]["error"] == "truncated"
+    assert rows["truncated.dcm"]["header_bytes_read"] == 700
+    for row in (rows["empty.dcm"], rows["notes.txt"], rows["truncated.dcm"]):
+        assert row["study_uid"] is None
+
+
+def test_scan_of_an_object_gone_since_listing_and_of_unknown_sizes(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(make_dicom(3, pixel_bytes=2 * MIB))
+    listing = pa.table({"url": [f"file://{tmp_path}/a.dcm", f"file://{tmp_path}/gone.dcm"],
+                        "size": pa.nulls(2, pa.int64())})
+    rows = _rows(scan(listing))
+    _check_fields(rows["a.dcm"], 3)
+    assert rows["a.dcm"]["size"] == (tmp_path / "a.dcm").stat().st_size
+    assert rows["gone.dcm"]["error"] == "io: FileNotFoundError"
+
+
+def test_scan_on_the_cluster_in_batches_matches_a_local_scan(tmp_path, dask_client, monkeypatch):
+    for n in range(7):
+        (tmp_path / f"{n}.dcm").write_bytes(make_dicom(n, pixel_bytes=64 * 1024))
+    (tmp_path / "junk.bin").write_bytes(b"\xff" * 300)
+    monkeypatch.setattr(scan_module, "MIN_BATCH", 2)
+    listing = list_objects(str(tmp_path))
+    assert len(scan_module._batches(listing, dask_client)) == 4  # 8 objects, 2 per batch on 2 workers
+    on_cluster = scan(listing, client=dask_client)
+    assert on_cluster.equals(scan(listing))
+    assert on_cluster["url"].to_pylist() == listing["url"].to_pylist()
+    for n in range(7):
+        _check_fields(_rows(on_cluster)[f"{n}.dcm"], n)
