@@ -40,8 +40,9 @@ class _Walk:
         """A new dataset holding what survives of `source`, each element by its own action."""
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
-        out = Dataset()
-        out.set_original_encoding(*self.encoding, source.original_character_set)
+        # Matching encodings and character set let pydicom copy kept elements' bytes unparsed.
+        out = Dataset(parent_encoding=self.charset)
+        out.set_original_encoding(*self.encoding, self.charset)
         creators: dict[int, str] = {}
         kept_blocks: set[tuple[int, int]] = set()
         for tag in source.keys():

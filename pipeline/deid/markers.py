@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -31,6 +32,7 @@ OPTION_CODES = {
 PRIVATE_KEPT_NOTE = "Private attributes retained (not a PS3.15 option)"
 
 
+@cache
 def package_version() -> str:
     try:
         return version("dicom-deid")
