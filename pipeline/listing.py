@@ -91,7 +91,8 @@ def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Ta
     if client is None:
         parts = [list_prefixes(group, storage_options) for group in groups]
     else:
-        parts = client.gather(client.map(list_prefixes, groups, storage_options=storage_options))
+        # pure=False: a listing is of the store as it is now, never an earlier result.
+        parts = client.gather(client.map(list_prefixes, groups, storage_options=storage_options, pure=False))
     return pa.concat_tables([found, *parts])
 
 

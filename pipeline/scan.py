@@ -183,8 +183,8 @@ def scan_batch(urls: list[str], sizes: list[int | None], storage_options: dict |
 
 
 def _batches(listing: pa.Table, client) -> list[pa.Table]:
-    workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-    size = min(MAX_BATCH, max(MIN_BATCH, -(-listing.num_rows // (4 * workers))))
+    threads = sum(client.nthreads().values()) if client is not None else 1
+    size = min(MAX_BATCH, max(MIN_BATCH, -(-listing.num_rows // (4 * threads))))
     return [listing.slice(start, size) for start in range(0, listing.num_rows, size)]
 
 
