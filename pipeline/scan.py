@@ -152,7 +152,7 @@ def _read_more(objects: list[_Object], storage_options: dict | str | None, heade
         by_protocol[fsspec.core.split_protocol(obj.url)[0] or "file"].append(obj)
     for group in by_protocol.values():
         fs, _ = filesystem(group[0].url, storage_options)
-        paths = [filesystem(obj.url, storage_options)[1] for obj in group]
+        paths = [fs._strip_protocol(obj.url) for obj in group]  # filesystem() per url costs 0.15 ms
         starts = [len(obj.data) for obj in group]
         ends = [min(obj.size, max(header_bytes, obj.wanted + header_bytes, len(obj.data) * GROWTH))
                 for obj in group]
