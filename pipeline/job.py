@@ -85,8 +85,16 @@ def _inside(inner: str, outer: str, storage_options: dict | None) -> bool:
                                                  or inner_path.startswith(outer_path + "/"))
 
 
+def absolute(url: str) -> str:
+    """Local paths made absolute here, since workers may run in another working directory."""
+    return os.path.abspath(url) if "://" not in url else url
+
+
 def check_locations(source: str, dest: str, tables: str, storage_options: dict | None) -> None:
-    """Refuse layouts that would leak linkage tables into DEST or feed outputs back in as input."""
+    """Refuse a missing source, and layouts that would leak linkage tables into DEST or feed outputs back."""
+    fs, path = filesystem(source, storage_options)
+    if not retry(fs.exists, path):
+        raise FileNotFoundError(f"no objects at {source}")
     if _inside(tables, dest, storage_options):
         raise JobError("the tables location must not be inside DEST: it links outputs back to patients")
     if _inside(dest, tables, storage_options):
@@ -206,6 +214,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         raise JobError(str(exc)) from exc
     if max_error_rate is not None and not 0 <= max_error_rate <= 1:
         raise JobError("max_error_rate must be between 0 and 1")
+    source, dest, tables = absolute(source), absolute(dest), absolute(tables)
     check_locations(source, dest, tables, storage_options)
     key = None if dry_run else resolve_key(secret)
     with cluster(client) as active:
