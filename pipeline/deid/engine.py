@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
@@ -12,29 +12,41 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
-from .keys import date_shift_days, new_uid, resolve_secret
+from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
+from .operations import (
+    DUMMY,
+    EMPTY,
+    KEEP,
+    MAX_DEPTH,
+    SHIFT,
+    UIDS,
+    WALK,
+    WALK_DUMMY,
+    PrivateBlocks,
+    UidMapper,
+    operation,
+    orphaned_overlay_groups,
+    patient_identity,
+    shifting_dates,
+)
 from .profile import Profile, resolve
-from .rules import resolved_action, safe_private
-from .values import DATE_VRS, FREE_TEXT_VRS, concrete_vr, dummy, empty, shift
+from .rules import resolved_action
+from .values import concrete_vr, dummy, empty, shift
 
-MAX_DEPTH = 64
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_PATIENT_ID, _ISSUER, _PATIENT_NAME, _STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
 
 
 @dataclass
 class _Walk:
-    """What stays fixed while one dataset is walked, and the UID map it fills."""
+    """What stays fixed while one dataset is walked; `uids` fills the UID map."""
 
     profile: Profile
-    key: bytes
+    uids: UidMapper
     shift_days: int
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
-    uid_map: dict[str, str] = field(default_factory=dict)
-    uid_attributes: dict[str, int] = field(default_factory=dict)  # the first tag each UID was in
 
     def items(self, source: Dataset, depth: int, dummy_text: bool) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action."""
@@ -43,67 +55,43 @@ class _Walk:
         # Matching encodings and character set let pydicom copy kept elements' bytes unparsed.
         out = Dataset(parent_encoding=self.charset)
         out.set_original_encoding(*self.encoding, self.charset)
-        creators: dict[int, str] = {}
-        kept_blocks: set[tuple[int, int]] = set()
+        private = PrivateBlocks(self.profile)
+        shifting = shifting_dates(self.profile)
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
             if tag.is_private:
-                self._private(out, tag, elem, creators, kept_blocks, depth)
-                continue
-            action = resolved_action(tag, self.profile)
-            if action == "X":
-                continue
-            new = self._element(elem, action, depth, dummy_text)
+                if not private.keeps(tag, lambda e=elem: _text(e)):
+                    continue
+                action, text = "K", False
+            else:
+                action, text = resolved_action(tag, self.profile), dummy_text
+            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth)
             if new is not None:
                 out[tag] = new
-        for creator_tag in (t for t in creators if (t >> 16, t & 0xFF) not in kept_blocks):
-            del out[creator_tag]
-        _drop_orphaned_overlays(source, out)
+        for tag in private.orphaned():
+            del out[tag]
+        for group in orphaned_overlay_groups(source.keys(), out.keys()):
+            for tag in [t for t in out.keys() if t.group == group]:
+                del out[tag]
         return out
 
-    def _private(self, out: Dataset, tag, elem, creators: dict, kept_blocks: set, depth: int) -> None:
-        """Private elements stay only under the options that keep them, with their creators."""
-        if self.profile.retain_private_tags and not self.profile.retain_safe_private:
-            out[tag] = self._element(elem, "K", depth, False)
-            return
-        if not self.profile.retain_safe_private or tag.element < 0x10:
-            return
-        if tag.element <= 0xFF:
-            creators[tag] = _text(elem).strip()
-            out[tag] = self._keep(elem)
-            return
-        block = tag.element >> 8
-        creator = creators.get((tag.group << 16) | block)
-        if creator and (creator, tag.group, tag.element & 0xFF) in safe_private():
-            out[tag] = self._element(elem, "K", depth, False)
-            kept_blocks.add((tag.group, block))
-
-    def _element(self, elem, action: str, depth: int, dummy_text: bool):
-        """The element that replaces `elem` under `action`, or None when nothing should remain."""
-        vr = _vr(elem)
-        if vr == "SQ":
-            return self._sequence(elem, action, depth, dummy_text)
-        if action == "K":
-            if vr in DATE_VRS and self._shifting_dates:
-                action = "M"
-            elif dummy_text and vr in FREE_TEXT_VRS:
-                action = "D"
-            elif dummy_text and vr == "UN":
-                return None
-            else:
-                return self._keep(elem)
-        tag = elem.tag
-        if action == "Z":
-            return DataElement(tag, vr, empty(vr))
-        if vr == "UI" and action in "DCU":
-            return DataElement(tag, vr, self._uids(tag, _text(elem)))
-        if action == "U":  # a UID attribute stored under another VR: nothing safe to keep
-            return None
-        if action == "M" or (action == "C" and vr in DATE_VRS and self._shifting_dates):
-            if vr not in DATE_VRS:
-                return self._keep(elem)  # times are kept; only dates move
+    def _element(self, elem, op: str, depth: int):
+        """The element that replaces `elem`, or None when nothing should remain."""
+        tag, vr = elem.tag, _vr(elem)
+        if op == KEEP:
+            return self._keep(elem)
+        if op == EMPTY:
+            return DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
+        if op == UIDS:
+            new = self.uids.map(tag, _text(elem))
+            return DataElement(tag, vr, new[0] if len(new) == 1 else new)
+        if op == SHIFT:
             return DataElement(tag, vr, shift(vr, _text(elem), self.shift_days))
-        return DataElement(tag, vr, dummy(vr))
+        if op == DUMMY:
+            return DataElement(tag, vr, dummy(vr))
+        if op in (WALK, WALK_DUMMY):
+            return self._sequence(elem, depth, op == WALK_DUMMY)
+        return None
 
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
@@ -117,41 +105,13 @@ class _Walk:
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
 
-    @property
-    def _shifting_dates(self) -> bool:
-        return self.profile.retain_long_modified_dates and not self.profile.retain_long_full_dates
-
-    def _sequence(self, elem, action: str, depth: int, dummy_text: bool) -> DataElement | None:
-        """Z empties a sequence; K keeps and walks it; D and C keep it with its free text dummied."""
-        if action in "XU":
-            return None
-        if action == "Z":
-            return DataElement(elem.tag, "SQ", Sequence())
+    def _sequence(self, elem, depth: int, dummy_text: bool) -> DataElement:
         if isinstance(elem, RawDataElement):
             if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
-        walk_as_dummy = dummy_text or action in "DC"
-        items = [self.items(item, depth + 1, walk_as_dummy) for item in elem.value]
+        items = [self.items(item, depth + 1, dummy_text) for item in elem.value]
         return DataElement(elem.tag, "SQ", Sequence(items))
-
-    def _uids(self, tag: int, value: str) -> list[str] | str:
-        new = []
-        for uid in (v.strip(" \0") for v in value.split("\\")):
-            if uid:
-                if uid not in self.uid_map:
-                    self.uid_map[uid] = new_uid(self.key, uid)
-                    self.uid_attributes[uid] = tag
-                new.append(self.uid_map[uid])
-        return new[0] if len(new) == 1 else new
-
-
-def _drop_orphaned_overlays(source: Dataset, out: Dataset) -> None:
-    """An overlay group whose Overlay Data was removed would describe nothing: remove it whole."""
-    for group in {t.group for t in source.keys() if t.group & 0xFF01 == 0x6000 and t.element == 0x3000}:
-        if (group << 16 | 0x3000) not in out:
-            for tag in [t for t in out.keys() if t.group == group]:
-                del out[tag]
 
 
 def _vr(elem) -> str:
@@ -180,15 +140,6 @@ def _raw_text(ds: Dataset, tag: int) -> bytes:
         return b""
     value = elem.value
     return (value if isinstance(value, bytes) else str(value).encode("utf-8")).rstrip(b" \0")
-
-
-def _patient_identity(ds: Dataset) -> bytes:
-    """What ties files to one patient: ID and issuer, else name, else the study."""
-    patient_id = _raw_text(ds, _PATIENT_ID)
-    if patient_id:
-        return b"id\x00" + patient_id + b"\x00" + _raw_text(ds, _ISSUER)
-    name = _raw_text(ds, _PATIENT_NAME)
-    return b"name\x00" + name if name else b"study\x00" + _raw_text(ds, _STUDY_UID)
 
 
 def _refuse_unusable(ds: Dataset) -> None:
@@ -224,9 +175,9 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         _refuse_unusable(dataset)
         key = resolve_secret(secret)
         syntax = transfer_syntax(dataset)
-        walk = _Walk(profile, key, date_shift_days(key, _patient_identity(dataset)),
-                     dataset.original_character_set,
-                     (syntax.is_implicit_VR, syntax.is_little_endian))
+        identity = patient_identity(lambda tag: _raw_text(dataset, tag))
+        walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
+                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian))
         body = walk.items(dataset, 0, False)
         mark(body, profile)
         meta = file_meta_for(body, syntax)
@@ -238,4 +189,4 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
     out = FileDataset("", body, preamble=b"\0" * 128, file_meta=meta)
     out.set_original_encoding(*body.original_encoding, body.original_character_set)
-    return Result(out, walk.uid_map, walk.uid_attributes)
+    return Result(out, walk.uids.uid_map, walk.uids.uid_attributes)
