@@ -13,6 +13,20 @@ from .scan import INVENTORY_SCHEMA
 PLAN_SCHEMA = INVENTORY_SCHEMA.append(pa.field("unit_id", pa.string(), nullable=False))
 
 
+def _order(table: pa.Table) -> pa.Array | np.ndarray:
+    """Row order by study uid (missing last), then url; fast for rows already sorted by url, as scanned."""
+    urls = table["url"]
+    if not pc.all(pc.less_equal(urls[:-1], urls[1:])).as_py():
+        return pc.sort_indices(table, sort_keys=[("study_uid", "ascending"), ("url", "ascending")])
+    encoded = pc.dictionary_encode(table["study_uid"].chunk(0))
+    studies = len(encoded.dictionary)
+    rank = np.empty(studies + 1, dtype=np.int64)
+    rank[pc.sort_indices(encoded.dictionary).to_numpy()] = np.arange(studies)
+    rank[studies] = studies
+    codes = pc.fill_null(encoded.indices, studies).to_numpy()
+    return np.argsort(rank[codes], kind="stable")  # stable: url order holds within a study
+
+
 def _study_starts(study: pa.ChunkedArray) -> np.ndarray:
     """Row numbers where a new study begins in rows sorted by study (rows without a study form one group)."""
     keys = pc.fill_null(study, "")
@@ -73,10 +87,10 @@ def plan(inventory: pa.Table, max_objects: int = 1000, max_bytes: int = 2**31) -
     and the same inventory in any row order gives the same units and ids."""
     if max_objects < 1 or max_bytes < 1:
         raise ValueError("max_objects and max_bytes must be positive")
-    table = inventory.cast(INVENTORY_SCHEMA).combine_chunks()  # contiguous columns take rows 3x faster
-    table = table.take(pc.sort_indices(table, sort_keys=[("study_uid", "ascending"), ("url", "ascending")]))
-    if table.num_rows == 0:
+    if inventory.num_rows == 0:
         return PLAN_SCHEMA.empty_table()
+    table = inventory.cast(INVENTORY_SCHEMA).combine_chunks()  # contiguous columns take rows 3x faster
+    table = table.take(_order(table))
     urls = table["url"].cast(pa.large_string()).combine_chunks()
     sizes = pc.fill_null(table["size"], 0).to_numpy().astype(np.int64)
     starts, fresh = _items(_study_starts(table["study_uid"]), sizes, max_objects, max_bytes)
