@@ -1,0 +1,69 @@
+"""What the pipeline benchmarks share: a folder of distinct DICOM objects and a stage-by-stage timed job."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+
+from pipeline.deid import DeidError, Profile, deidentify, parse, serialize
+from pipeline.execute import Settings, run_units
+from pipeline.finalize import finalize
+from pipeline.job import prepare
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+SECRET = b"benchmark-secret"
+
+
+def engine_once(data: bytes) -> bytes:
+    """The engine alone on one object: what every pipeline object costs at the least."""
+    return serialize(deidentify(parse(data), Profile(), secret=SECRET).dataset)
+
+
+def make_workload(target: Path, source: Path | None = None, max_size: int = 2_000_000) -> list[Path]:
+    """Copy objects the engine accepts, one per SOP Instance UID, so no object is a cheap duplicate."""
+    source = source or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists()
+                        else Path(get_testdata_file("CT_small.dcm")).parent)
+    warnings.simplefilter("ignore")
+    seen: set[str] = set()
+    copied = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and p.stat().st_size <= max_size):
+        data = path.read_bytes()
+        try:
+            sop = str(parse(data).SOPInstanceUID)
+            engine_once(data)
+        except (DeidError, AttributeError):
+            continue
+        if sop in seen:
+            continue
+        seen.add(sop)
+        out = target / f"{len(copied):05d}.dcm"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        copied.append(out)
+    return copied
+
+
+def timed_job(client, source: str, out: Path, storage_options: dict | None = None,
+              max_unit_objects: int = 25) -> dict[str, float]:
+    """Seconds spent in list+scan+plan, in running the units and in finalizing, on a fresh output."""
+    shutil.rmtree(out, ignore_errors=True)
+    dest, tables = str(out / "dest"), str(out / "tables")
+    start = time.perf_counter()
+    planned = prepare(source, tables, client, storage_options, max_unit_objects=max_unit_objects,
+                      max_unit_bytes=2**31)
+    prepared = time.perf_counter()
+    progress = run_units(client, planned, Settings(dest, tables, Profile(), SECRET, storage_options))
+    ran = time.perf_counter()
+    finalize(tables, dest, storage_options, run={
+        "source": source, "elapsed": ran - start, "units_total": progress.units_total,
+        "units_run": progress.units_run, "units_skipped": progress.units_skipped,
+        "failed_units": progress.failed_units, "objects": progress.objects,
+        "source_bytes": progress.source_bytes})
+    done = time.perf_counter()
+    assert not progress.failed_units and progress.objects == planned.num_rows
+    return {"prepare": prepared - start, "run": ran - prepared, "finalize": done - ran, "total": done - start,
+            "objects": planned.num_rows}
