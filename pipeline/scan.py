@@ -35,6 +35,8 @@ GROWTH = 2
 # there, before private groups such as Siemens CSA (0029,xxxx), overlays and pixel data.
 LAST_TAG = 0x00280301
 MIN_BATCH, MAX_BATCH = 1000, 10000
+# Headers read at once within a batch: enough to hide store latency, few enough to bound memory.
+CONCURRENT_READS = 256
 SIZE_THREADS = 16
 # First groups a file without the 128-byte preamble and "DICM" may start with: command, meta, identifying.
 _FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
@@ -170,16 +172,24 @@ def scan_batch(urls: list[str], sizes: list[int | None], storage_options: dict |
     """Scan one batch of objects (one task's share), reading each header with as few bytes as possible."""
     objects = [_Object(url, size) for url, size in zip(urls, sizes, strict=True)]
     _fill_sizes(objects, storage_options)
-    pending = [obj for obj in objects if "error" not in obj.record]
     with warnings.catch_warnings():
         # pydicom warns about odd values, quoting them: UIDs and names must not reach logs.
         warnings.simplefilter("ignore")
-        while pending:
-            _read_more([obj for obj in pending if len(obj.data) < obj.size], storage_options, header_bytes)
-            pending = [obj for obj in pending if "error" not in obj.record and not _parse(obj)]
-    rows = [{**obj.record, "url": obj.url, "size": obj.size, "header_bytes_read": len(obj.data)}
-            for obj in objects]
+        for start in range(0, len(objects), CONCURRENT_READS):
+            _scan_headers(objects[start:start + CONCURRENT_READS], storage_options, header_bytes)
+    rows = [{**obj.record, "url": obj.url, "size": obj.size} for obj in objects]
     return pa.Table.from_pylist(rows, schema=INVENTORY_SCHEMA)
+
+
+def _scan_headers(objects: list[_Object], storage_options: dict | str | None, header_bytes: int) -> None:
+    """Read and parse a few hundred headers at once, then drop their bytes: a batch's memory stays small."""
+    pending = [obj for obj in objects if "error" not in obj.record]
+    while pending:
+        _read_more([obj for obj in pending if len(obj.data) < obj.size], storage_options, header_bytes)
+        pending = [obj for obj in pending if "error" not in obj.record and not _parse(obj)]
+    for obj in objects:
+        obj.record["header_bytes_read"] = len(obj.data)
+        obj.data = b""
 
 
 def _batches(listing: pa.Table, client) -> list[pa.Table]:

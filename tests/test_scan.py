@@ -101,7 +101,8 @@ def test_scan_records_broken_objects_without_raising(s3_server, s3_objects):
         assert row["study_uid"] is None
 
 
-def test_scan_of_an_object_gone_since_listing_and_of_unknown_sizes(tmp_path):
+def test_scan_of_an_object_gone_since_listing_and_of_unknown_sizes(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_module, "CONCURRENT_READS", 1)  # each object in a read round of its own
     (tmp_path / "a.dcm").write_bytes(make_dicom(3, pixel_bytes=2 * MIB))
     listing = pa.table({"url": [f"file://{tmp_path}/a.dcm", f"file://{tmp_path}/gone.dcm"],
                         "size": pa.nulls(2, pa.int64())})
@@ -109,6 +110,7 @@ def test_scan_of_an_object_gone_since_listing_and_of_unknown_sizes(tmp_path):
     _check_fields(rows["a.dcm"], 3)
     assert rows["a.dcm"]["size"] == (tmp_path / "a.dcm").stat().st_size
     assert rows["gone.dcm"]["error"] == "io: FileNotFoundError"
+    assert rows["a.dcm"]["header_bytes_read"] == 65536
 
 
 def test_scan_on_the_cluster_in_batches_matches_a_local_scan(tmp_path, dask_client, monkeypatch):
