@@ -130,6 +130,18 @@ def _one(row: dict, unit_id: str, settings: Settings, dest_fs, dest_path: str) -
     return _Outcome(manifest, None, uids, index)
 
 
+def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
+    """The unit's rows of each table; a UID seen by several objects is mapped once."""
+    uids: dict[str, dict] = {}
+    for outcome in outcomes:
+        for uid_row in outcome.uids:
+            uids.setdefault(uid_row["original_uid"], uid_row)
+    return {"manifest": [o.manifest for o in outcomes],
+            "quarantine": [o.quarantine for o in outcomes if o.quarantine],
+            "index": [o.index for o in outcomes if o.index],
+            "uid_map": list(uids.values())}
+
+
 def run_unit(unit: Unit, settings: Settings) -> dict:
     """De-identify one unit: outputs, then its table parts, then LAST its commit marker; return counts."""
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
@@ -140,16 +152,9 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
         outcomes = list(pool.map(lambda r: _one(r, unit.unit_id, settings, dest_fs, dest_path), rows))
-    uids: dict[str, dict] = {}
-    for outcome in outcomes:
-        for uid_row in outcome.uids:
-            uids.setdefault(uid_row["original_uid"], uid_row)
-    tables = {"manifest": [o.manifest for o in outcomes],
-              "quarantine": [o.quarantine for o in outcomes if o.quarantine],
-              "index": [o.index for o in outcomes if o.index],
-              "uid_map": list(uids.values())}
-    for name, table_rows in tables.items():
-        write_part(tables_fs, tables_path, name, unit.unit_id, table_rows)
+        tables = _unit_tables(outcomes)
+        list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
+                      tables))
     stats = {"unit_id": unit.unit_id, "objects": len(outcomes),
              "written": len(tables["index"]), "quarantined": len(tables["quarantine"]),
              "source_bytes": sum(r["size"] or 0 for r in rows),

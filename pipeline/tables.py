@@ -6,11 +6,11 @@ import io
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from .storage import retry
 
@@ -54,13 +54,14 @@ INDEX_SCHEMA = pa.schema([
 PART_SCHEMAS = {"uid_map": UID_MAP_SCHEMA, "manifest": MANIFEST_SCHEMA,
                 "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA}
 ROW_GROUP_ROWS = 100_000
-_READ_BATCH = 64
+_READ_BATCH = 256
+_READ_THREADS = 16
 
 
 @contextmanager
 def atomic_open(fs, path: str) -> Iterator:
     """A writable file that appears at `path` only once complete, so a killed writer leaves no half file."""
-    if not isinstance(fs, LocalFileSystem):
+    if "file" not in fs.protocol:
         with fs.open(path, "wb") as f:  # object stores publish an object only when its upload completes
             yield f
         return
@@ -118,12 +119,12 @@ def _parts(fs, tables_path: str, name: str) -> list[str]:
 
 
 def _read_parts(fs, paths: list[str]) -> Iterator[pa.Table]:
-    """Parts in order, fetched many at a time so that storage latency is paid once per batch."""
-    for start in range(0, len(paths), _READ_BATCH):
-        batch = paths[start:start + _READ_BATCH]
-        contents = retry(fs.cat, batch)
-        for path in batch:
-            yield pq.read_table(io.BytesIO(contents[path]))
+    """Parts in order, fetched many at a time so that storage latency is not paid part after part."""
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        for start in range(0, len(paths), _READ_BATCH):
+            batch = paths[start:start + _READ_BATCH]
+            for content in pool.map(lambda path: retry(fs.cat_file, path), batch):
+                yield pq.read_table(io.BytesIO(content))
 
 
 def compact(fs, tables_path: str, name: str, out_fs, out_path: str) -> int:
