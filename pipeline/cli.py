@@ -39,6 +39,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _message(exc: BaseException) -> str:
+    kind = type(exc).__name__
+    if kind in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return f"missing storage credentials (environment, profile, role or --storage-options): {exc}"
+    if isinstance(exc, ConnectionError) or kind in ("EndpointConnectionError", "ConnectTimeoutError"):
+        return f"cannot reach storage: {exc}"
     if isinstance(exc, FileNotFoundError):
         return f"not found: {exc.filename or exc}"
     if isinstance(exc, PermissionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -96,3 +97,13 @@ def test_console_script_reports_usage_errors_without_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(tmp_path)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "DEST is required" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_storage_credentials_are_one_line(archive, capsys, monkeypatch, s3_server):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    options = {"skip_instance_cache": True, "client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}}
+    code = main(["run", "s3://any-bucket/incoming", str(archive / "dest"), "--tables",
+                 str(archive / "tables"), "--secret-file", str(archive / "secret"),
+                 "--storage-options", json.dumps(options)])
+    _one_line_error(capsys, code, "missing storage credentials")
