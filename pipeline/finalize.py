@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .storage import filesystem, retry
-from .tables import MANIFEST_SCHEMA, compact, put_bytes
+from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
 
 PRIVATE_TABLES = ("manifest", "uid_map", "quarantine")
 INDEX_NAME = "index.parquet"
@@ -41,6 +41,8 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict)
     """
     tables_fs, tables_path = filesystem(tables, storage_options)
     dest_fs, dest_path = filesystem(dest, storage_options)
+    for fs, path in ((tables_fs, tables_path), (dest_fs, dest_path)):
+        remove_stale_temporaries(fs, path)
     for name in PRIVATE_TABLES:
         compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet")
     compact(tables_fs, tables_path, "index", dest_fs, f"{dest_path}/{INDEX_NAME}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ PART_SCHEMAS = {"uid_map": UID_MAP_SCHEMA, "manifest": MANIFEST_SCHEMA,
                 "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA}
 ROW_GROUP_ROWS = 100_000
 _READ_BATCH = 256
+_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")
 _READ_THREADS = 16
 
 
@@ -74,6 +76,19 @@ def atomic_open(fs, path: str) -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(fs, path: str) -> int:
+    """Delete what writers killed mid-write left on local disk (object stores never show half objects)."""
+    if "file" not in fs.protocol or not os.path.isdir(path):
+        return 0
+    removed = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            if _TEMPORARY.search(name):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 def put_bytes(fs, path: str, data: bytes) -> None:

@@ -6,7 +6,10 @@ import http.client
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -85,6 +88,29 @@ def test_an_interrupted_run_resumes_to_the_same_outputs(archive, reference, dask
 
     assert resumed.ok and resumed.units_skipped >= 2 and resumed.units_run >= 1
     assert resumed.units_skipped + resumed.units_run == resumed.units_total
+    _same_results(reference, tmp_path)
+
+
+def test_a_run_killed_with_sigkill_restarts_to_the_same_outputs(archive, reference, dask_client, tmp_path):
+    (tmp_path / "secret").write_bytes(SECRET)
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(archive), str(tmp_path / "dest"), "--tables",
+               str(tmp_path / "tables"), "--secret-file", str(tmp_path / "secret"), "--max-unit-objects", "2",
+               "--no-progress"]
+    # Its own session, so the kill reaches the job's cluster processes too, and nothing else.
+    job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "tables" / "units").glob("*.done"))) < 2:
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    committed = len(list((tmp_path / "tables" / "units").glob("*.done")))
+    resumed = _run(archive, tmp_path, dask_client)
+
+    assert resumed.ok and resumed.units_skipped == committed < resumed.units_total
     _same_results(reference, tmp_path)
 
 
