@@ -3,9 +3,10 @@
 Usage: python benchmarks/engine.py [--rounds 5] [FOLDER]
 
 FOLDER defaults to ../shared/corpus (else pydicom's bundled test files). Files are held in memory so
-that both sides measure parsing, processing and encoding, not the disk. Each round times the baseline
-(pydicom dcmread + save_as) and the engine (parse + apply + serialize) over the same files, in
-alternating order; the figures printed are medians over rounds, with their spread as the noise.
+that every side measures parsing, processing and encoding, not the disk. Each round times, over the
+same files and in rotating order, the baseline (pydicom dcmread + save_as), the engine's byte path
+(`deidentify_bytes`, what the pipeline runs) and its dataset API (parse + apply + serialize); the
+figures printed are medians over rounds, with the range of the per-round ratios as the noise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 
-from pipeline.deid import DeidError, apply, parse, serialize
+from pipeline.deid import DeidError, apply, basic_profile, parse, serialize
+from pipeline.deid.stream import deidentify_bytes
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -30,9 +32,13 @@ def baseline(data: bytes) -> None:
     ds.save_as(BytesIO())
 
 
-def engine(data: bytes) -> None:
+def dataset_api(data: bytes) -> None:
     out, _ = apply(parse(data), secret="benchmark")
     serialize(out)
+
+
+def byte_path(data: bytes) -> None:
+    deidentify_bytes(data, basic_profile(), secret="benchmark")
 
 
 def usable(folder: Path) -> list[bytes]:
@@ -42,7 +48,7 @@ def usable(folder: Path) -> list[bytes]:
         data = path.read_bytes()
         try:
             baseline(data)
-            engine(data)
+            dataset_api(data)
         except (DeidError, Exception):
             continue
         found.append(data)
@@ -66,18 +72,20 @@ def main() -> None:
     warnings.simplefilter("ignore")
     files = usable(folder)
     megabytes = sum(map(len, files)) / 1e6
-    ratios, base_times, engine_times = [], [], []
+    sides = {"baseline pydicom read+write": baseline, "engine bytes (pipeline)": byte_path,
+             "engine dataset API": dataset_api}
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(args.rounds):
-        pair = [(baseline, base_times), (engine, engine_times)]
-        for fn, times in pair if i % 2 == 0 else reversed(pair):
-            times.append(timed(fn, files))
-        ratios.append(base_times[-1] / engine_times[-1])
-    base, eng = statistics.median(base_times), statistics.median(engine_times)
+        names = list(sides)
+        for name in names[i % 3:] + names[:i % 3]:
+            times[name].append(timed(sides[name], files))
     print(f"{len(files)} files, {megabytes:.1f} MB from {folder}, {args.rounds} rounds")
-    print(f"baseline pydicom read+write: {len(files) / base:8.1f} files/s {megabytes / base:8.1f} MB/s")
-    print(f"engine parse+apply+write:    {len(files) / eng:8.1f} files/s {megabytes / eng:8.1f} MB/s")
-    print(f"engine / baseline throughput: median {statistics.median(ratios):.2f}x "
-          f"(rounds ranged {min(ratios):.2f}x to {max(ratios):.2f}x)")
+    base = times["baseline pydicom read+write"]
+    for name, taken in times.items():
+        median = statistics.median(taken)
+        ratios = [b / t for b, t in zip(base, taken, strict=True)]
+        print(f"{name:30} {len(files) / median:7.1f} files/s {megabytes / median:7.1f} MB/s  "
+              f"{statistics.median(ratios):.2f}x baseline (rounds {min(ratios):.2f}x-{max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import pydicom
 import pytest
 from pydicom.datadict import dictionary_VR
 
-from pipeline.deid import DeidError, action_for, apply, basic_profile, parse, serialize
+from pipeline.deid import DeidError, Profile, action_for, apply, basic_profile, deidentify, parse, serialize
+from pipeline.deid.stream import deidentify_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -38,9 +39,9 @@ def manifest() -> list[dict[str, str]]:
 
 
 def deidentify_file(path: Path) -> bytes | DeidError:
+    """The byte path the pipeline runs; test_both_walkers_agree ties it to the dataset API."""
     try:
-        out, _ = apply(parse(path.read_bytes()), secret=SECRET)
-        return serialize(out)
+        return deidentify_bytes(path.read_bytes(), basic_profile(), secret=SECRET).data
     except DeidError as err:
         return err
 
@@ -134,13 +135,14 @@ def test_no_private_tags_and_only_valid_uids(results):
 HASHER = """
 import hashlib, json, sys, warnings
 from pathlib import Path
-from pipeline.deid import DeidError, apply, parse, serialize
+from pipeline.deid import DeidError, basic_profile
+from pipeline.deid.stream import deidentify_bytes
 warnings.simplefilter("ignore")
 out = {}
 for path in sys.argv[1:]:
     try:
-        ds, _ = apply(parse(Path(path).read_bytes()))
-        out[path] = hashlib.sha256(serialize(ds)).hexdigest()
+        data = deidentify_bytes(Path(path).read_bytes(), basic_profile()).data
+        out[path] = hashlib.sha256(data).hexdigest()
     except DeidError as err:
         out[path] = err.reason
 print(json.dumps(out))
@@ -166,3 +168,44 @@ def test_hostile_and_broken_files_fail_fast_with_the_typed_error():
         with pytest.raises(DeidError):
             apply(parse((CORPUS / row["path"]).read_bytes()), secret=SECRET)
         assert time.perf_counter() - start < 5, row["path"]
+
+
+def values(ds) -> dict:
+    """Every value at every depth, for comparing two encodings of the same content."""
+    found = {}
+    for tag in ds.keys():
+        elem = ds[tag]
+        found[tag] = ([values(item) for item in elem.value] if elem.VR == "SQ"
+                      else list(elem.value) if elem.VM > 1 else elem.value)
+    return found
+
+
+PROFILES = [Profile(), Profile(retain_long_modified_dates=True, retain_safe_private=True),
+            Profile(retain_private_tags=True, clean_descriptions=True, retain_uids=True)]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=["basic", "dates+safe-private", "private+uids"])
+def test_both_walkers_agree(profile):
+    """The byte walker and the dataset walker give the same content, UID map and refusals."""
+    fast = 0
+    for row in manifest():
+        data = (CORPUS / row["path"]).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                slow = deidentify(parse(data), profile, secret=SECRET)
+            except DeidError as err:
+                with pytest.raises(DeidError) as again:
+                    deidentify_bytes(data, profile, secret=SECRET)
+                assert again.value.reason == err.reason, row["path"]
+                continue
+            result = deidentify_bytes(data, profile, secret=SECRET)
+        if not result.fast:
+            continue
+        fast += 1
+        a = pydicom.dcmread(BytesIO(serialize(slow.dataset)))
+        b = pydicom.dcmread(BytesIO(result.data))
+        assert values(a) == values(b), row["path"]
+        assert values(a.file_meta) == values(b.file_meta), row["path"]
+        assert (slow.uid_map, slow.uid_attributes) == (result.uid_map, result.uid_attributes)
+    assert fast >= 400

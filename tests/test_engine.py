@@ -21,6 +21,7 @@ from pydicom.valuerep import validate_value
 from pipeline.deid import DeidError, Profile, action_for, apply, basic_profile, parse, serialize
 from pipeline.deid.markers import IMPLEMENTATION_CLASS_UID
 from pipeline.deid.rules import table
+from pipeline.deid.stream import deidentify_bytes
 
 SECRET = "test-secret"
 UIDS = {
@@ -78,15 +79,31 @@ def to_bytes(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
     return buffer.getvalue()
 
 
-def deidentified_bytes(ds: Dataset, **kwargs) -> tuple[bytes, dict]:
-    out, uid_map = apply(ds, secret=SECRET, **kwargs)
+def through_datasets(data: bytes, **flags) -> tuple[bytes, dict]:
+    out, uid_map = apply(parse(data), secret=SECRET, **flags)
     return serialize(out), uid_map
 
 
+def through_bytes(data: bytes, **flags) -> tuple[bytes, dict]:
+    result = deidentify_bytes(data, Profile(**flags), secret=SECRET)
+    assert result.fast  # these files are ordinary: the byte walker, not its fallback, must take them
+    return result.data, result.uid_map
+
+
+@pytest.fixture(params=[through_datasets, through_bytes], ids=["dataset-walker", "byte-walker"])
+def run(request):
+    """Both walkers, for the tests that read back the file a walker wrote."""
+    return request.param
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(BytesIO(data))
+
+
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_nothing_identifying_survives_anywhere(syntax):
+def test_nothing_identifying_survives_anywhere(syntax, run):
     data = to_bytes(make_dataset(), syntax)
-    out, uid_map = deidentified_bytes(parse(data))
+    out, uid_map = run(data)
     for value in IDENTIFYING:
         assert value.encode() not in out, value
     assert b"HOSPITALPACS" not in out
@@ -149,11 +166,11 @@ def test_markers_record_profile_and_options():
     assert out.StudyInstanceUID == UIDS["study"]
 
 
-def test_modified_dates_shift_one_patient_consistently():
-    a, _ = apply(make_dataset(), secret=SECRET, retain_long_modified_dates=True)
+def test_modified_dates_shift_one_patient_consistently(run):
+    a = read(run(to_bytes(make_dataset()), retain_long_modified_dates=True)[0])
     other = make_dataset()
     other.StudyDate, other.SOPInstanceUID = "20240101", "1.2.3.4"
-    b, _ = apply(other, secret=SECRET, retain_long_modified_dates=True)
+    b = read(run(to_bytes(other), retain_long_modified_dates=True)[0])
     from datetime import date
     day = lambda s: date(int(s[:4]), int(s[4:6]), int(s[6:8]))  # noqa: E731
     shift = (day(a.StudyDate) - day("20240315")).days
@@ -172,13 +189,13 @@ def test_full_dates_win_over_modified_dates():
     assert out.LongitudinalTemporalInformationModified == "UNMODIFIED"
 
 
-def test_private_tags_kept_only_when_asked():
-    kept, _ = apply(parse(to_bytes(make_dataset())), secret=SECRET, retain_private_tags=True)
+def test_private_tags_kept_only_when_asked(run):
+    kept = read(run(to_bytes(make_dataset()), retain_private_tags=True)[0])
     assert kept[0x00091001].value == "Secret private note"
     assert kept[0x00090010].value == "ACME 1.0"
 
 
-def test_safe_private_is_creator_aware():
+def test_safe_private_is_creator_aware(run):
     ds = make_dataset()
     ds.add_new(0x00190010, "LO", "GEMS_ACQU_01")
     ds.add_new(0x00191004, "DS", "1.5")  # unsafe element under a safe creator: must go
@@ -186,15 +203,15 @@ def test_safe_private_is_creator_aware():
     ds.add_new(0x00210010, "LO", "NOT A LISTED CREATOR")
     ds.add_new(0x00211024, "DS", "30")
     assert ("GEMS_ACQU_01", 0x0019, 0x24) in __import__("pipeline.deid.rules", fromlist=["x"]).safe_private()
-    out, _ = apply(parse(to_bytes(ds)), secret=SECRET, retain_safe_private=True)
+    out = read(run(to_bytes(ds), retain_safe_private=True)[0])
     assert 0x00191024 in out and 0x00190010 in out
     assert 0x00191004 not in out
     assert 0x00211024 not in out and 0x00210010 not in out
     assert 0x00091001 not in out and 0x00090010 not in out
 
 
-def test_overlay_group_goes_whole_and_curves_go():
-    out, _ = apply(make_dataset(), secret=SECRET)
+def test_overlay_group_goes_whole_and_curves_go(run):
+    out = read(run(to_bytes(make_dataset()))[0])
     assert not [t for t in out.keys() if t.group in (0x5000, 0x6000)]
 
 
@@ -217,7 +234,7 @@ def un_encoded(items: list[Dataset]) -> bytes:
     return body
 
 
-def test_sequence_stored_as_un_is_processed_like_any_other():
+def test_sequence_stored_as_un_is_processed_like_any_other(run):
     ds = make_dataset()
     del ds.ReferencedSeriesSequence
     nested = item(SeriesInstanceUID=UIDS["ref_series"], PerformingPhysicianName="Dr^Who")
@@ -226,7 +243,7 @@ def test_sequence_stored_as_un_is_processed_like_any_other():
     ds[0x00081115] = RawDataElement(Tag(0x00081115), "UN", len(value), value, 0, False, True)
     data = to_bytes(ds)
     assert UIDS["ref_series"].encode() in data
-    out, uid_map = deidentified_bytes(parse(data))
+    out, uid_map = run(data)
     assert UIDS["ref_series"].encode() not in out and b"Dr^Who" not in out
     back = pydicom.dcmread(BytesIO(out))
     assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == uid_map[UIDS["ref_series"]]
@@ -242,10 +259,10 @@ def test_x_removes_a_sequence_and_k_keeps_it_processed():
     assert out.ReferencedSeriesSequence[0].SeriesInstanceUID != UIDS["ref_series"]
 
 
-def test_dummy_sequence_keeps_structure_but_not_free_text():
+def test_dummy_sequence_keeps_structure_but_not_free_text(run):
     ds = make_dataset()
     ds.ContentSequence = Sequence([item(ValueType="TEXT", TextValue="Jane fell off her bike")])
-    out, _ = apply(ds, secret=SECRET)
+    out = read(run(to_bytes(ds))[0])
     assert out.ContentSequence[0].ValueType == "TEXT"
     assert "Jane" not in out.ContentSequence[0].TextValue
 
@@ -275,14 +292,13 @@ def listed_attributes(code: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("code", ["D", "Z"])
-def test_replacements_are_valid_for_their_vr(code):
+def test_replacements_are_valid_for_their_vr(code, run):
     attrs = listed_attributes(code)
     assert len(attrs) > 20
     ds = make_dataset()
     for tag, vr in attrs:
         ds.add_new(tag, vr, VALUES[vr])
-    out, _ = apply(ds, secret=SECRET)
-    back = pydicom.dcmread(BytesIO(serialize(out)))
+    back = read(run(to_bytes(ds))[0])
     for tag, vr in attrs:
         value = back[tag].value
         if code == "Z":
@@ -317,9 +333,10 @@ def test_bad_bytes_raise_the_typed_error(data, reason):
 
 def test_truncated_object_is_refused():
     data = to_bytes(make_dataset())
-    with pytest.raises(DeidError) as err:
-        parse(data[:-4])
-    assert err.value.reason == "truncated"
+    for walk in (parse, lambda d: deidentify_bytes(d, Profile(), secret=SECRET)):
+        with pytest.raises(DeidError) as err:
+            walk(data[:-4])
+        assert err.value.reason == "truncated"
 
 
 def test_absurd_nesting_is_refused_quickly():
@@ -329,9 +346,11 @@ def test_absurd_nesting_is_refused_quickly():
         child = Dataset()
         inner.ReferencedSeriesSequence = Sequence([child])
         inner = child
-    start = time.perf_counter()
-    with warnings.catch_warnings(), pytest.raises(DeidError) as err:
-        warnings.simplefilter("ignore")
-        apply(parse(to_bytes(ds)), secret=SECRET)
-    assert err.value.reason == "too-deep"
-    assert time.perf_counter() - start < 5
+    data = to_bytes(ds)
+    for walk in (lambda d: apply(parse(d), secret=SECRET), lambda d: deidentify_bytes(d, Profile())):
+        start = time.perf_counter()
+        with warnings.catch_warnings(), pytest.raises(DeidError) as err:
+            warnings.simplefilter("ignore")
+            walk(data)
+        assert err.value.reason == "too-deep"
+        assert time.perf_counter() - start < 5

@@ -62,9 +62,11 @@ class PrivateBlocks:
 
     def keeps(self, tag: int, creator_value: Callable[[], str]) -> bool:
         """Whether to keep a private element; creators stay provisionally, see `orphaned`."""
+        group, element = tag >> 16, tag & 0xFFFF
+        if element == 0:  # a group length, wrong once anything in the group changes
+            return False
         if self.keep_all:
             return True
-        group, element = tag >> 16, tag & 0xFFFF
         if not self.safe_only or element < 0x10:
             return False
         if element <= 0xFF:

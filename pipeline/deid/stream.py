@@ -1,0 +1,334 @@
+"""De-identify a DICOM file's bytes without building pydicom objects: the engine's fast path.
+
+It walks element headers in the byte string, copies what is kept as it is, and encodes only what
+it replaces. Anything unusual (no preamble, big endian, deflate, broken or out-of-order elements,
+DICOMDIR, missing SOP UIDs) goes to the pydicom walker, which decides or refuses with the reason.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from struct import pack, unpack_from
+from typing import NamedTuple
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.uid import UID
+
+from .engine import DICOMDIR_SOP_CLASS, deidentify
+from .errors import DeidError
+from .keys import date_shift_days, resolve_secret
+from .markers import file_meta_for, mark
+from .operations import (
+    DROP,
+    DUMMY,
+    EMPTY,
+    KEEP,
+    MAX_DEPTH,
+    SHIFT,
+    UIDS,
+    WALK_DUMMY,
+    PrivateBlocks,
+    UidMapper,
+    operation,
+    orphaned_overlay_groups,
+    patient_identity,
+    shifting_dates,
+)
+from .parse import parse, serialize
+from .profile import Profile
+from .rules import resolved_action
+from .values import TEXT_VRS, concrete_vr, dummy, shift
+
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END, PIXEL_DATA = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0x7FE00010
+SOP_CLASS, SOP_INSTANCE, DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+TRANSFER_SYNTAX, MEDIA_SOP_CLASS = 0x00020010, 0x00020002
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
+SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN",
+                       "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
+NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
+SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
+IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
+
+
+class FileResult(NamedTuple):
+    """De-identified file bytes, the UID map, where each UID came from, and which walker ran."""
+
+    data: bytes
+    uid_map: dict[str, str]
+    uid_attributes: dict[str, int]
+    fast: bool
+
+
+class _Unsupported(Exception):
+    """Not for the fast path; the pydicom walker takes the file."""
+
+
+def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None) -> FileResult:
+    """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError)."""
+    key = resolve_secret(secret)
+    try:
+        return _Stream(data, profile, key).file()
+    except (_Unsupported, UnicodeError):
+        result = deidentify(parse(data), profile, secret=key)
+        return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False)
+    except RecursionError as exc:
+        raise DeidError("too-deep", "sequences nested too deeply to process") from exc
+
+
+@cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return concrete_vr(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
+    if implicit:
+        return pack("<HHI", tag >> 16, tag & 0xFFFF, length)
+    if vr in LONG_VRS:
+        return pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+    if length > 0xFFFF:
+        raise _Unsupported
+    return pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+
+def _encode(vr: str, value) -> bytes:
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode("ascii")
+    elif vr == "AT":
+        raw = pack("<HH", value >> 16, value & 0xFFFF)
+    else:
+        raw = pack("<" + NUMBERS[vr], value)
+    return raw + (b" " if vr in SPACE_PADDED else b"\0") if len(raw) % 2 else raw
+
+
+def _element(tag: int, vr: str, value, implicit: bool) -> bytes:
+    raw = _encode(vr, value)
+    return _header(tag, vr, len(raw), implicit) + raw
+
+
+@cache
+def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes], ...]:
+    """The PS3.15 E.1.1 markers for a profile, encoded once."""
+    ds = Dataset()
+    mark(ds, profile)
+    encoded = []
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = implicit, True
+        write_data_element(fp, elem)
+        encoded.append((int(elem.tag), fp.getvalue()))
+    return tuple(encoded)
+
+
+class _Stream:
+    """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
+
+    def __init__(self, data: bytes, profile: Profile, key: bytes) -> None:
+        self.data, self.view, self.profile, self.key = data, memoryview(data), profile, key
+        self.uids = UidMapper(key)
+        self.shifting = shifting_dates(profile)
+        self.shift_days: int | None = None
+        self.actions: dict[int, str] = {}
+        self.top: dict[int, str] = {}  # output values of SOP Class and SOP Instance UID
+
+    def file(self) -> FileResult:
+        meta, pos = self._file_meta()
+        syntax = UID(meta.get(TRANSFER_SYNTAX, b"").decode("ascii", "replace").rstrip("\0 "))
+        if (not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian
+                or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
+            raise _Unsupported
+        self.body, self.implicit = pos, syntax.is_implicit_VR
+        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False)
+        if not self.top.get(SOP_INSTANCE) or self.top.get(SOP_CLASS) in (None, "", DICOMDIR_SOP_CLASS):
+            raise _Unsupported
+        markers = dict(_marker_elements(self.profile, self.implicit))
+        body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
+                      key=lambda c: c[0])
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = False, True
+        summary = Dataset()
+        summary.SOPClassUID, summary.SOPInstanceUID = self.top[SOP_CLASS], self.top[SOP_INSTANCE]
+        write_file_meta_info(fp, file_meta_for(summary, syntax), enforce_standard=True)
+        out = b"".join([b"\0" * 128, b"DICM", fp.getvalue(), *(c for _, c in body)])
+        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True)
+
+    def _file_meta(self) -> tuple[dict[int, bytes], int]:
+        data = self.data
+        if data[128:132] != b"DICM":
+            raise _Unsupported
+        meta, pos = {}, 132
+        while pos + 8 <= len(data) and unpack_from("<H", data, pos)[0] == 0x0002:
+            tag, vr, start, end = self._read_header(pos, False, len(data))
+            if end is None:
+                raise _Unsupported
+            meta[tag] = data[start:end]
+            pos = end
+        return meta, pos
+
+    def _read_header(self, pos: int, implicit: bool, limit: int) -> tuple[int, str | None, int, int | None]:
+        """(tag, explicit VR, value start, value end or None when undefined) of one element."""
+        if pos + 8 > limit:
+            raise _Unsupported
+        group, element = unpack_from("<HH", self.data, pos)
+        tag = group << 16 | element
+        if implicit or group == 0xFFFE:
+            vr, length, start = None, unpack_from("<I", self.data, pos + 4)[0], pos + 8
+        else:
+            vr = self.data[pos + 4:pos + 6].decode("latin-1")
+            if vr in LONG_VRS:
+                length, start = unpack_from("<I", self.data, pos + 8)[0], pos + 12
+            elif vr in SHORT_VRS:
+                length, start = unpack_from("<H", self.data, pos + 6)[0], pos + 8
+            else:
+                raise _Unsupported
+        if length == UNDEFINED:
+            return tag, vr, start, None
+        if start + length > limit:
+            raise _Unsupported
+        return tag, vr, start, start + length
+
+    def dataset(self, pos: int, limit: int, implicit: bool, depth: int,
+                dummy_text: bool) -> tuple[list[tuple[int, bytes]], int]:
+        """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None."""
+        if depth > MAX_DEPTH:
+            raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
+        end = len(self.data) if limit is None else limit
+        chunks: list[tuple[int, bytes]] = []
+        source_tags: list[int] = []
+        private = PrivateBlocks(self.profile)
+        last = -1
+        while pos < end:
+            tag, vr, start, stop = self._read_header(pos, implicit, end)
+            if tag == ITEM_END and limit is None:
+                pos = start
+                break
+            if tag >> 16 in (0x0002, 0xFFFE) or tag <= last or (depth == 0 and tag == DIRECTORY_RECORDS):
+                raise _Unsupported
+            last = tag
+            source_tags.append(tag)
+            known = vr if vr not in (None, "UN") else _dictionary_vr(tag)
+            if stop is None and tag != PIXEL_DATA:
+                known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
+            if tag >> 16 & 1:
+                if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
+                    pos = self._skip(start, stop, implicit or vr == "UN", depth)
+                    continue
+                action, text = "K", False
+            else:
+                action = self.actions.get(tag) or self.actions.setdefault(
+                    tag, resolved_action(tag, self.profile))
+                text = dummy_text
+            op = operation(action, known, text, self.shifting)
+            chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
+            if chunk is not None:
+                chunks.append((tag, chunk))
+            if depth == 0 and tag in (SOP_CLASS, SOP_INSTANCE) and chunk is not None:
+                self.top[tag] = self._uid_text(chunk, implicit)
+        else:
+            if limit is None:
+                raise _Unsupported  # an item without its delimiter
+        dropped = set(private.orphaned())
+        groups = orphaned_overlay_groups(source_tags, [t for t, _ in chunks])
+        return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
+
+    def _apply(self, op: str, tag: int, vr: str | None, known: str, pos: int, start: int,
+               stop: int | None, implicit: bool, depth: int) -> tuple[bytes | None, int]:
+        """One element's output bytes (or None) and where the next element starts."""
+        if known == "SQ" and op not in (DROP, EMPTY):
+            inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
+            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY)
+            head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
+            return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
+        after = self._skip(start, stop, implicit or vr == "UN", depth)
+        if op == KEEP:
+            if stop is not None and (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
+                pad = b" " if known in SPACE_PADDED else b"\0"
+                head = _header(tag, vr or known, stop - start + 1, implicit)
+                return head + self.data[start:stop] + pad, after
+            return self.view[pos:after], after
+        if op == DROP:
+            return None, after
+        if op == EMPTY:
+            return _header(tag, known, 0, implicit), after
+        if op == DUMMY:
+            return _element(tag, known, dummy(known), implicit), after
+        text = self.data[start:stop].decode("latin-1")
+        if op == UIDS:
+            return _element(tag, known, "\\".join(self.uids.map(tag, text)), implicit), after
+        if op == SHIFT:
+            return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
+        raise AssertionError(op)
+
+    def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
+               dummy_text: bool) -> tuple[bytes, int]:
+        """A sequence's items walked and re-encoded with undefined lengths."""
+        out, pos = [], start
+        end = len(self.data) if stop is None else stop
+        while pos < end:
+            tag, _, item_start, item_stop = self._read_header(pos, True, end)
+            if tag == SEQUENCE_END and stop is None:
+                return b"".join(out), item_start
+            if tag != ITEM:
+                raise _Unsupported
+            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text)
+            if item_stop is not None:
+                pos = item_stop
+            out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
+                    pack("<HHI", 0xFFFE, 0xE00D, 0)]
+        if stop is None:
+            raise _Unsupported  # a sequence without its delimiter
+        return b"".join(out), stop
+
+    def _skip(self, start: int, stop: int | None, implicit: bool, depth: int) -> int:
+        """Where an element ends; an undefined length is followed through its items."""
+        if stop is not None:
+            return stop
+        pos = start
+        while True:
+            tag, _, item_start, item_stop = self._read_header(pos, True, len(self.data))
+            if tag == SEQUENCE_END:
+                return item_start
+            if tag != ITEM:
+                raise _Unsupported
+            pos = item_stop if item_stop is not None else self._skip_item(item_start, implicit, depth + 1)
+
+    def _skip_item(self, pos: int, implicit: bool, depth: int) -> int:
+        """Where an item of undefined length ends, read from headers alone."""
+        if depth > MAX_DEPTH:
+            raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
+        while True:
+            tag, vr, start, stop = self._read_header(pos, implicit, len(self.data))
+            if tag == ITEM_END:
+                return start
+            pos = self._skip(start, stop, implicit or vr == "UN", depth)
+
+    def _uid_text(self, chunk: bytes, implicit: bool) -> str:
+        offset = 8 if implicit or bytes(chunk[4:6]).decode("latin-1") not in LONG_VRS else 12
+        return bytes(chunk[offset:]).decode("ascii", "replace").rstrip("\0 ")
+
+    def _shift(self) -> int:
+        if self.shift_days is None:
+            values = self._top_values(IDENTITY_TAGS)
+            identity = patient_identity(lambda tag: values.get(tag, b""))
+            self.shift_days = date_shift_days(self.key, identity)
+        return self.shift_days
+
+    def _top_values(self, wanted: tuple[int, ...]) -> dict[int, bytes]:
+        """Raw values of a few top-level elements, read from headers alone."""
+        found, pos, end = {}, self.body, len(self.data)
+        while pos < end:
+            tag, _, start, stop = self._read_header(pos, self.implicit, end)
+            if tag > max(wanted):
+                break
+            if tag in wanted and stop is not None:
+                found[tag] = self.data[start:stop].rstrip(b" \0")
+            pos = self._skip(start, stop, self.implicit, 0)
+        return found
