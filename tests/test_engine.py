@@ -215,6 +215,13 @@ def test_overlay_group_goes_whole_and_curves_go(run):
     assert not [t for t in out.keys() if t.group in (0x5000, 0x6000)]
 
 
+def test_clean_graphics_keeps_overlays_but_blank(run):
+    out = read(run(to_bytes(make_dataset()), clean_graphics=True)[0])
+    assert action_for(0x60003000, Profile(clean_graphics=True)) == "C"
+    assert out[0x60003000].value == bytes(8) and out[0x60000010].value == 2
+    assert "Jane" not in out[0x60004000].value
+
+
 def test_command_elements_do_not_reach_a_stored_object():
     ds = make_dataset()
     ds.add_new(0x00000900, "US", 0)

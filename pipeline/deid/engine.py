@@ -15,6 +15,7 @@ from .errors import DeidError
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
+    BLANK,
     DUMMY,
     EMPTY,
     KEEP,
@@ -89,6 +90,8 @@ class _Walk:
             return DataElement(tag, vr, shift(vr, _text(elem), self.shift_days))
         if op == DUMMY:
             return DataElement(tag, vr, dummy(vr))
+        if op == BLANK:
+            return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op in (WALK, WALK_DUMMY):
             return self._sequence(elem, depth, op == WALK_DUMMY)
         return None

@@ -10,8 +10,9 @@ from .profile import Profile
 from .rules import safe_private
 from .values import DATE_VRS, FREE_TEXT_VRS
 
-DROP, KEEP, EMPTY, DUMMY, UIDS, SHIFT, WALK, WALK_DUMMY = (
-    "drop", "keep", "empty", "dummy", "uids", "shift", "walk", "walk-dummy")
+DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
+    "drop", "keep", "empty", "dummy", "blank", "uids", "shift", "walk", "walk-dummy")
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 MAX_DEPTH = 64
 PATIENT_ID, ISSUER, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
 
@@ -48,6 +49,8 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
         return DROP
     if action == "M" or (action == "C" and vr in DATE_VRS and shifting):
         return SHIFT if vr in DATE_VRS else KEEP  # times are kept; only dates move
+    if action == "C" and vr in BULK_VRS:
+        return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
     return DUMMY
 
 

@@ -22,6 +22,7 @@ from .errors import DeidError
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark
 from .operations import (
+    BLANK,
     DROP,
     DUMMY,
     EMPTY,
@@ -260,6 +261,8 @@ class _Stream:
             return _header(tag, known, 0, implicit), after
         if op == DUMMY:
             return _element(tag, known, dummy(known), implicit), after
+        if op == BLANK:
+            return _element(tag, known, bytes(after - start), implicit), after
         text = self.data[start:stop].decode("latin-1")
         if op == UIDS:
             return _element(tag, known, "\\".join(self.uids.map(tag, text)), implicit), after
