@@ -7,9 +7,9 @@ import logging
 import re
 import uuid
 import warnings
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -89,31 +89,48 @@ def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
                                "unit_id": unit_id}, [], None)
 
 
-def _one(row: dict, unit_id: str, settings: Settings, dest_fs, dest_path: str) -> _Outcome:
-    """Read, de-identify and write one object; anything wrong with the object becomes a quarantine row."""
+def _read(row: dict, storage_options: dict | None) -> bytes | None:
+    """The object's bytes (None for a duplicate, which is never read), retrying transient errors."""
+    if row.get("duplicate_of"):
+        return None
+    fs, path = filesystem(row["url"], storage_options)
+    return retry(fs.cat_file, path)
+
+
+def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dict | None,
+                ahead: int) -> Iterator[tuple[dict, Future]]:
+    """Rows in order with their reads, `ahead` reads in flight so storage latency overlaps the work."""
+    window: deque[tuple[dict, Future]] = deque()
+    for row in rows:
+        window.append((row, pool.submit(_read, row, storage_options)))
+        if len(window) > ahead:
+            yield window.popleft()
+    yield from window
+
+
+def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tuple[_Outcome, bytes | None]:
+    """The object's table rows and output bytes; anything wrong with the object becomes a quarantine row."""
     if row.get("duplicate_of"):
         return _quarantine(row, unit_id, "duplicate-sop-instance",
-                           f"same SOP Instance UID as {row['duplicate_of']}, which is kept")
+                           f"same SOP Instance UID as {row['duplicate_of']}, which is kept"), None
     try:
-        fs, path = filesystem(row["url"], settings.storage_options)
-        data = retry(fs.cat_file, path)
+        data = read.result()
     except Exception as exc:  # gone, forbidden, or still failing after retries
-        return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}")
+        return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}"), None
     try:
         source = parse(data)
         result = deidentify(source, settings.profile, secret=settings.secret)
         out = serialize(result.dataset)
     except DeidError as exc:
-        return _quarantine(row, unit_id, exc.reason, exc.detail)
+        return _quarantine(row, unit_id, exc.reason, exc.detail), None
     except Exception as exc:  # the engine wraps its own failures; this is a last line of defence
-        return _quarantine(row, unit_id, "internal-error", type(exc).__name__)
+        return _quarantine(row, unit_id, "internal-error", type(exc).__name__), None
     ds = result.dataset
     parts = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     if not all(p and _SAFE_UID.match(p) for p in parts):
         return _quarantine(row, unit_id, "missing-uid",
-                           "no valid Study, Series and SOP Instance UID to name the output by")
+                           "no valid Study, Series and SOP Instance UID to name the output by"), None
     key = "/".join(parts[:2]) + f"/{parts[2]}.dcm"
-    put_bytes(dest_fs, f"{dest_path}/{key}", out)  # a failing destination fails the unit, not the object
     original_study = _text(source, "StudyInstanceUID")
     uids = [{"original_uid": original, "new_uid": new,
              "attribute": keyword_for_tag(result.uid_attributes[original]) or
@@ -127,7 +144,7 @@ def _one(row: dict, unit_id: str, settings: Settings, dest_fs, dest_path: str) -
              "size": len(out), "key": key}
     manifest = {"source_url": row["url"], "status": "written", "output_key": key, "reason": None,
                 "source_size": row["size"], "output_size": len(out), "unit_id": unit_id}
-    return _Outcome(manifest, None, uids, index)
+    return _Outcome(manifest, None, uids, index), out
 
 
 def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
@@ -149,9 +166,20 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     rows = sorted(unit.rows, key=lambda r: r["url"])
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    outcomes = []
+    writes: deque[Future] = deque()
+    # Reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this thread.
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
-        outcomes = list(pool.map(lambda r: _one(r, unit.unit_id, settings, dest_fs, dest_path), rows))
+        for row, read in _prefetched(pool, rows, settings.storage_options, 2 * settings.io_threads):
+            outcome, out = _deidentify(row, read, unit.unit_id, settings)
+            outcomes.append(outcome)
+            if out is not None:
+                writes.append(pool.submit(put_bytes, dest_fs, f"{dest_path}/{outcome.index['key']}", out))
+            while len(writes) > 2 * settings.io_threads or (writes and writes[0].done()):
+                writes.popleft().result()  # a failing destination fails the unit, not the object
+        for write in writes:
+            write.result()
         tables = _unit_tables(outcomes)
         list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
                       tables))
