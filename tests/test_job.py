@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 import duckdb
@@ -195,3 +196,22 @@ def _instance_uids(files: dict[str, bytes]) -> set[str]:
         found |= {str(ds.get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
                   if ds.get(k)}
     return found
+
+
+def test_secret_and_patient_data_stay_out_of_tables_logs_and_task_keys(tmp_path, dask_client, caplog):
+    from distributed import get_task_stream
+
+    files = study_objects(2, 2, seed="quiet")
+    write_tree(tmp_path / "src", files)
+    caplog.set_level(logging.INFO)
+    with get_task_stream(dask_client) as tasks:
+        pipeline.run(str(tmp_path / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"),
+                     client=dask_client, secret=SECRET)
+
+    for path in [*(tmp_path / "dest").rglob("*"), *(tmp_path / "tables").rglob("*")]:
+        assert not path.is_file() or SECRET not in path.read_bytes(), path
+    private = [str(tmp_path / "src"), *(v.decode() for v in identifying_strings(files)), SECRET.decode()]
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert messages and not [m for m in messages if any(p in m for p in private)]
+    keys = [str(t["key"]) for t in tasks.data]
+    assert keys and not [k for k in keys if any(p in k for p in private)]
