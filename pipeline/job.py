@@ -184,10 +184,15 @@ class _Bars:
         self.bytes.close()
 
 
+def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
+    """The plan's rows whose unit is not committed yet."""
+    committed = pc.is_in(planned["unit_id"], value_set=pa.array(sorted(done), pa.string()))
+    return planned.filter(pc.invert(committed))
+
+
 def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[str]) -> RunResult:
     units = pc.unique(planned["unit_id"])
-    todo = planned.filter(pc.invert(pc.is_in(planned["unit_id"], value_set=pa.array(sorted(done),
-                                                                                    pa.string()))))
+    todo = _remaining(planned, done)
     unreadable = pc.sum(pc.is_valid(planned["error"])).as_py() or 0
     report = (f"dry run: {planned.num_rows} objects ({pc.sum(planned['size']).as_py() or 0} bytes) in "
               f"{len(units)} units; {len(units) - len(pc.unique(todo['unit_id']))} units already committed; "
@@ -196,6 +201,11 @@ def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[s
     return RunResult(source, dest, tables, objects=planned.num_rows, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
+
+
+def _complete(summary: dict | None, units_total: int) -> bool:
+    """True when an earlier finalize already covered every unit of the plan."""
+    return bool(summary) and summary["units_done"] == units_total and not summary["failed_units"]
 
 
 def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
@@ -229,11 +239,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         if dry_run:
             return _dry_run(source, dest, tables, planned, done)
         settings = Settings(dest, tables, profile, key, storage_options)
-        bars = None
-        if progress:
-            todo = planned.filter(pc.invert(pc.is_in(planned["unit_id"],
-                                                     value_set=pa.array(sorted(done), pa.string()))))
-            bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0)
+        todo = _remaining(planned, done)
+        bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
         callbacks = [c for c in (bars, on_unit) if c]
 
         def unit_finished(stats: dict) -> None:
@@ -247,7 +254,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                 bars.close()
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
-    if outcome.units_run or outcome.failed_units or summary is None:
+    if outcome.units_run or outcome.failed_units or not _complete(summary, outcome.units_total):
         report = ""
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
                      **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
