@@ -172,8 +172,9 @@ def scan_batch(urls: list[str], sizes: list[int | None], storage_options: dict |
     """Scan one batch of objects (one task's share), reading each header with as few bytes as possible."""
     objects = [_Object(url, size) for url, size in zip(urls, sizes, strict=True)]
     _fill_sizes(objects, storage_options)
+    # pydicom warns and logs about odd values, quoting them: UIDs and names must not reach logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        # pydicom warns about odd values, quoting them: UIDs and names must not reach logs.
         warnings.simplefilter("ignore")
         for start in range(0, len(objects), CONCURRENT_READS):
             _scan_headers(objects[start:start + CONCURRENT_READS], storage_options, header_bytes)

@@ -35,6 +35,10 @@ def make_dicom(n: int = 1, pixel_bytes: int = 4 * MIB, private_bytes: int = 0) -
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BurnedInAnnotation = "NO"
     ds.PixelData = b"\0" * pixel_bytes
+    return _saved(ds)
+
+
+def _saved(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -125,3 +129,19 @@ def test_scan_on_the_cluster_in_batches_matches_a_local_scan(tmp_path, dask_clie
     assert on_cluster["url"].to_pylist() == listing["url"].to_pylist()
     for n in range(7):
         _check_fields(_rows(on_cluster)[f"{n}.dcm"], n)
+
+
+def test_scan_keeps_header_values_out_of_logs_and_warnings(tmp_path, caplog, recwarn):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, "1.2.3"
+    ds.StudyInstanceUID = "9.8.SECRET-STUDY-VALUE"  # invalid for UI: pydicom complains, quoting it
+    (tmp_path / "odd.dcm").write_bytes(_saved(ds))
+    caplog.clear()
+    recwarn.clear()
+    caplog.set_level("DEBUG")
+    row = _rows(scan(list_objects(str(tmp_path))))["odd.dcm"]
+    assert row["study_uid"] == "9.8.SECRET-STUDY-VALUE"
+    assert "SECRET" not in caplog.text
+    assert not [w for w in recwarn if "SECRET" in str(w.message)]
