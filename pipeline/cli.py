@@ -106,7 +106,7 @@ def _client(address: str | None):
     from distributed import Client
 
     try:
-        return Client(address, timeout="10s")
+        return Client(address, timeout="10s", set_as_default=False)
     except OSError as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}") from exc
 

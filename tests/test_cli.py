@@ -44,7 +44,7 @@ def test_demo_with_no_arguments(tmp_path, monkeypatch, capsys, dask_client):
 def test_run_then_status(archive, capsys, dask_client):
     args = ["run", str(archive / "src"), str(archive / "dest"), "--tables", str(archive / "tables"),
             "--secret-file", str(archive / "secret"), "--max-unit-objects", "2", "--no-progress",
-            "--retain-long-modified-dates"]
+            "--retain-long-modified-dates", "--scheduler", dask_client.scheduler.address]
     assert main(args) == 0
     assert "written: 6" in capsys.readouterr().out
     assert main(["status", str(archive / "tables")]) == 0
