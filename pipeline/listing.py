@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote_plus
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,6 +103,11 @@ def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Ta
     fs, path = filesystem(source, storage_options)
     with fs.open(path, "rb", compression="infer") as f:
         table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
+    return _urls_and_sizes(table)
+
+
+def _urls_and_sizes(table: pa.Table) -> pa.Table:
+    """Listing rows from a table with `url` or `bucket` and `key` columns, and perhaps `size`."""
     names = set(table.column_names)
     if "url" in names:
         urls = table["url"].cast(pa.string())
@@ -115,6 +122,42 @@ def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Ta
     return listed.cast(LISTING_SCHEMA)
 
 
+def _read_inventory_data(url: str, file_format: str, csv_columns: list[str],
+                         storage_options: dict | str | None) -> pa.Table:
+    """One data file of an S3 Inventory report, with lower-case column names and plain keys."""
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb", compression="infer") as f:
+        if file_format == "PARQUET":
+            table = pq.read_table(f)
+            return table.rename_columns([name.lower() for name in table.column_names])
+        types = {"bucket": pa.string(), "key": pa.string(), "size": pa.int64()}
+        table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(column_names=csv_columns),
+                               convert_options=pacsv.ConvertOptions(column_types=types))
+    # CSV inventories URL-encode keys, with "+" for a space.
+    keys = pa.array([unquote_plus(key) for key in table["key"].to_pylist()], pa.string())
+    return table.set_column(table.column_names.index("key"), "key", keys)
+
+
+def _read_inventory_manifest(source: str, storage_options: dict | str | None) -> pa.Table:
+    """The objects of an S3 Inventory report, from its manifest.json and its CSV or Parquet data files."""
+    fs, path = filesystem(source, storage_options)
+    manifest = json.loads(retry(fs.cat_file, path))
+    file_format = manifest["fileFormat"].upper()
+    if file_format not in ("CSV", "PARQUET"):
+        raise ValueError(f"S3 Inventory format {manifest['fileFormat']} is not supported; use CSV or Parquet")
+    bucket = manifest["destinationBucket"].rsplit(":", 1)[-1]  # arn:aws:s3:::name
+    columns = [name.strip().lower() for name in manifest.get("fileSchema", "").split(",")]
+    urls = [f"s3://{bucket}/{entry['key']}" for entry in manifest["files"]]
+    with ThreadPoolExecutor(LIST_THREADS) as pool:
+        parts = pool.map(lambda url: _read_inventory_data(url, file_format, columns, storage_options), urls)
+        table = pa.concat_tables(list(parts), promote_options="default")
+    for flag, keep in (("isdeletemarker", False), ("is_delete_marker", False), ("islatest", True),
+                       ("is_latest", True)):
+        if flag in table.column_names:  # versioned inventories: current versions only
+            table = table.filter(pc.equal(table[flag].cast(pa.bool_()), keep))
+    return table
+
+
 def _is_listing_file(source: str, storage_options: dict | str | None) -> bool:
     if not source.lower().endswith(LISTING_FILE_SUFFIXES):
         return False
@@ -123,9 +166,11 @@ def _is_listing_file(source: str, storage_options: dict | str | None) -> bool:
 
 
 def list_objects(source: str, storage_options: dict | str | None = None, client=None) -> pa.Table:
-    """Every object under SOURCE (fsspec URL, local path, or CSV/Parquet listing file), sorted by url,
-    each url once."""
-    if _is_listing_file(source, storage_options):
+    """Every object under SOURCE (fsspec URL, local path, CSV/Parquet listing file, or an S3 Inventory
+    manifest.json), sorted by url, each url once."""
+    if source.endswith("manifest.json"):
+        table = _urls_and_sizes(_read_inventory_manifest(source, storage_options))
+    elif _is_listing_file(source, storage_options):
         table = _read_listing_file(source, storage_options)
     else:
         fs, path = filesystem(source, storage_options)

@@ -1,5 +1,7 @@
 """Stage 1: listing local trees, S3 prefixes (split in parallel) and listing files."""
 
+import gzip
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -107,3 +109,34 @@ def test_listing_file_without_url_columns_is_refused(tmp_path):
     listing.write_text("path,size\n/a,1\n")
     with pytest.raises(ValueError, match="url"):
         list_objects(str(listing))
+
+
+def test_s3_inventory_manifest_with_csv_data_files(s3_server, s3_bucket):
+    """A versioned CSV inventory: header-less, gzip, URL-encoded keys, one delete marker."""
+    fs = s3fs.S3FileSystem(**s3_server["storage_options"])
+    rows = [("src", "a/hello+world.dcm", "v2", "true", "false", "10"),
+            ("src", "a/b%2Bc.dcm", "v1", "true", "false", "20"),
+            ("src", "a/old.dcm", "v1", "false", "false", "30"),
+            ("src", "a/deleted.dcm", "v3", "true", "true", "")]
+    lines = "".join(",".join(f'"{value}"' for value in row) + "\n" for row in rows)
+    fs.pipe(f"{s3_bucket}/inv/data/part-1.csv.gz", gzip.compress(lines.encode()))
+    manifest = {"sourceBucket": "src", "destinationBucket": f"arn:aws:s3:::{s3_bucket}", "fileFormat": "CSV",
+                "fileSchema": "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size",
+                "files": [{"key": "inv/data/part-1.csv.gz", "size": 1, "MD5checksum": "x"}]}
+    fs.pipe(f"{s3_bucket}/inv/manifest.json", json.dumps(manifest).encode())
+    table = list_objects(f"s3://{s3_bucket}/inv/manifest.json", s3_server["storage_options"])
+    assert _as_dict(table) == {"s3://src/a/b+c.dcm": 20, "s3://src/a/hello world.dcm": 10}
+
+
+def test_s3_inventory_manifest_with_parquet_data_files(tmp_path, s3_server, s3_bucket):
+    fs = s3fs.S3FileSystem(**s3_server["storage_options"])
+    for part, keys in enumerate((["x/1.dcm", "x/2.dcm"], ["y/3.dcm"])):
+        pq.write_table(pa.table({"bucket": ["src"] * len(keys), "key": keys, "size": [7] * len(keys)}),
+                       tmp_path / f"{part}.parquet")
+        fs.put(str(tmp_path / f"{part}.parquet"), f"{s3_bucket}/inv/data/{part}.parquet")
+    manifest = {"destinationBucket": f"arn:aws:s3:::{s3_bucket}", "fileFormat": "Parquet",
+                "fileSchema": "message s3.inventory { required binary bucket; required binary key; }",
+                "files": [{"key": f"inv/data/{part}.parquet"} for part in (0, 1)]}
+    fs.pipe(f"{s3_bucket}/inv/manifest.json", json.dumps(manifest).encode())
+    table = list_objects(f"s3://{s3_bucket}/inv/manifest.json", s3_server["storage_options"])
+    assert table["url"].to_pylist() == ["s3://src/x/1.dcm", "s3://src/x/2.dcm", "s3://src/y/3.dcm"]
