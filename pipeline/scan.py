@@ -41,6 +41,7 @@ SIZE_THREADS = 16
 # First groups a file without the 128-byte preamble and "DICM" may start with: command, meta, identifying.
 _FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE_AND_MAGIC = 132
 
 
 class _Tracked(io.BytesIO):
@@ -63,7 +64,7 @@ class _Tracked(io.BytesIO):
 
 
 def _looks_like_dicom(data: bytes) -> bool:
-    if data[128:132] == b"DICM":
+    if data[128:_PREAMBLE_AND_MAGIC] == b"DICM":
         return True
     return len(data) >= 8 and (int.from_bytes(data[:2], "little") in _FIRST_GROUPS
                                or int.from_bytes(data[:2], "big") in _FIRST_GROUPS)
@@ -108,6 +109,8 @@ def _parse(obj: _Object) -> bool:
     if not obj.data:
         obj.record["error"] = "empty"
         return True
+    if len(obj.data) < _PREAMBLE_AND_MAGIC and not whole:
+        return False  # too little to tell DICOM from anything else
     if not _looks_like_dicom(obj.data):
         obj.record["error"] = "not-dicom"
         return True

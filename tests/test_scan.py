@@ -117,6 +117,13 @@ def test_scan_of_an_object_gone_since_listing_and_of_unknown_sizes(tmp_path, mon
     assert rows["a.dcm"]["header_bytes_read"] == 65536
 
 
+def test_scan_with_a_tiny_first_read_still_finds_the_header(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(make_dicom(4, pixel_bytes=MIB))
+    row = _rows(scan(list_objects(str(tmp_path)), header_bytes=100))["a.dcm"]
+    _check_fields(row, 4)
+    assert row["header_bytes_read"] < 2048
+
+
 def test_scan_on_the_cluster_in_batches_matches_a_local_scan(tmp_path, dask_client, monkeypatch):
     for n in range(7):
         (tmp_path / f"{n}.dcm").write_bytes(make_dicom(n, pixel_bytes=64 * 1024))
