@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 
+from .deid.parse import looks_like_dicom
 from .storage import filesystem, read_many, retry
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ MIN_BATCH, MAX_BATCH = 1000, 10000
 # Headers read at once within a batch: enough to hide store latency, few enough to bound memory.
 CONCURRENT_READS = 256
 SIZE_THREADS = 16
-# First groups a file without the 128-byte preamble and "DICM" may start with: command, meta, identifying.
-_FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE_AND_MAGIC = 132
 
@@ -61,13 +60,6 @@ class _Tracked(io.BytesIO):
             self.cut = self.cut or (size is not None and size >= 0 and len(chunk) > 0)
             self.wanted = max(self.wanted, start + size if size is not None and size >= 0 else 0)
         return chunk
-
-
-def _looks_like_dicom(data: bytes) -> bool:
-    if data[128:_PREAMBLE_AND_MAGIC] == b"DICM":
-        return True
-    return len(data) >= 8 and (int.from_bytes(data[:2], "little") in _FIRST_GROUPS
-                               or int.from_bytes(data[:2], "big") in _FIRST_GROUPS)
 
 
 def _past_header(tag: int, vr: str | None, length: int) -> bool:
@@ -111,7 +103,7 @@ def _parse(obj: _Object) -> bool:
         return True
     if len(obj.data) < _PREAMBLE_AND_MAGIC and not whole:
         return False  # too little to tell DICOM from anything else
-    if not _looks_like_dicom(obj.data):
+    if not looks_like_dicom(obj.data):
         obj.record["error"] = "not-dicom"
         return True
     buffer = _Tracked(obj.data)

@@ -14,7 +14,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _FIRST_GROUPS = {0x0000, 0x0002, 0x0008}
 
 
-def _looks_like_dicom(data: bytes) -> bool:
+def looks_like_dicom(data: bytes) -> bool:
+    """A cheap first test, shared with the header scan so both classify files alike."""
     if data[128:132] == b"DICM":
         return True
     return len(data) >= 8 and (int.from_bytes(data[:2], "little") in _FIRST_GROUPS
@@ -25,7 +26,7 @@ def parse(data: bytes) -> Dataset:
     """Read one DICOM object from memory, refusing empty, foreign, truncated or hostile bytes."""
     if not data:
         raise DeidError("empty", "the object has zero bytes")
-    if not _looks_like_dicom(data):
+    if not looks_like_dicom(data):
         raise DeidError("not-dicom", "neither a DICM preamble nor a plausible first element")
     try:
         ds = dcmread(BytesIO(data), force=True)
