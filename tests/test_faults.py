@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import itertools
 import os
 import signal
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pydicom
 import pytest
 from samples import SECRET, study_objects, tree, write_tree
 
@@ -183,3 +185,20 @@ def test_transient_s3_errors_are_retried(s3_server, s3_bucket, flaky_s3, dask_cl
     assert result.ok and result.written == 9 and result.quarantined == 0
     direct = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server["storage_options"])
     assert len([k for k in direct.find(f"{s3_bucket}/dest") if k.endswith(".dcm")]) == 9
+
+
+def test_an_unwritable_destination_fails_its_unit_and_a_rerun_completes(dask_client, tmp_path):
+    from pipeline.deid.keys import new_uid
+
+    files = study_objects(2, 2, seed="blocked")
+    write_tree(tmp_path / "src", files)
+    blocked_study = pydicom.dcmread(io.BytesIO(files[sorted(files)[0]])).StudyInstanceUID
+    blocker = tmp_path / "dest" / new_uid(SECRET, blocked_study)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the study's folder should go")
+
+    first = _run(tmp_path / "src", tmp_path, dask_client)
+    assert not first.ok and len(first.failed_units) == 1 and first.written == 2
+    blocker.unlink()
+    second = _run(tmp_path / "src", tmp_path, dask_client)
+    assert second.ok and second.units_run == 1 and second.written == 4
