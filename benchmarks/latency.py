@@ -12,16 +12,17 @@ are medians over rounds; the aim is that latency costs the run stage less than 2
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import fsspec
-from distributed import Client, LocalCluster
+from distributed import Client
 from fsspec.implementations.local import LocalFileSystem
 from workload import make_workload, timed_job
+
+from pipeline.job import local_cluster
 
 
 class SlowFileSystem(LocalFileSystem):
@@ -64,8 +65,7 @@ def register() -> None:
 
 
 def one_worker(source: Path, out: Path, latency: float) -> dict[str, float]:
-    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client):
+    with local_cluster(1) as cluster, Client(cluster) as client:
         client.run(register)
         return timed_job(client, f"slow://{source}", out, storage_options={"latency": latency})
 

@@ -5,22 +5,23 @@ Usage: python benchmarks/pipeline_scaling.py [--rounds 3] [FOLDER]
 FOLDER defaults to ../shared/corpus (else pydicom's bundled test files); objects the engine accepts are
 copied once per SOP Instance UID to a temporary folder. Each round times, on local folders: the engine
 alone in this process (read file, de-identify, write file), then the whole job (list, scan, plan, run,
-finalize) on a LocalCluster of one worker and of two (one thread each; cluster start-up not timed).
+finalize) on the LocalCluster the job embeds, of one worker and of two (start-up not timed).
 Printed figures are medians over rounds; "run stage" excludes listing, scanning and finalizing.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 from workload import engine_once, make_workload, timed_job
+
+from pipeline.job import local_cluster
 
 
 def engine_alone(files: list[Path], out: Path) -> float:
@@ -50,8 +51,7 @@ def machine_parallelism() -> float:
 
 
 def on_cluster(workers: int, source: Path, out: Path) -> dict[str, float]:
-    with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client):
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("pipeline.execute"))  # imports are start-up, not throughput
         return timed_job(client, str(source), out)
 
