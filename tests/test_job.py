@@ -7,6 +7,7 @@ import io
 import logging
 from pathlib import Path
 
+import dask.dataframe as dd
 import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
@@ -85,6 +86,8 @@ def test_local_archive_end_to_end(tmp_path, dask_client):
     assert index.schema.equals(INDEX_SCHEMA) and index.num_rows == 20
     per_study = duckdb.sql(f"select study_uid, count(*) n from '{dest}/index.parquet' group by 1").fetchall()
     assert sorted(n for _, n in per_study) == [5, 5, 5, 5]
+    frame = dd.read_parquet(str(dest / "index.parquet")).compute(scheduler="sync")
+    assert set(frame["key"]) == set(pd.read_parquet(dest / "index.parquet")["key"]) and len(frame) == 20
     assert "objects: 25" in result.report
 
 
