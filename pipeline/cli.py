@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="de-identify SOURCE into DEST (no arguments: a demo on "
                                           "pydicom's test files)")
     run.add_argument("source", nargs="?", help="fsspec URL or path, or a CSV/Parquet listing of URLs")
-    run.add_argument("dest", nargs="?", help="where de-identified objects and index.parquet go")
+    run.add_argument("dest", nargs="?", help="where de-identified objects and the _index/ Parquet go")
     run.add_argument("--tables", help="private location for linkage tables (never inside DEST)")
     run.add_argument("--secret-file", type=Path, help=f"file holding the secret (else env {SECRET_ENV})")
     run.add_argument("--dry-run", action="store_true", help="list, scan and plan; print what would run")

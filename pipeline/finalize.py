@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow.compute as pc
@@ -11,7 +12,7 @@ from .storage import filesystem, retry
 from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
 
 PRIVATE_TABLES = ("manifest", "uid_map", "quarantine")
-INDEX_NAME = "index.parquet"
+INDEX_FOLDER = "_index"
 SUMMARY_NAME = "summary.json"
 
 
@@ -34,7 +35,7 @@ def _manifest_counts(fs, path: str) -> dict:
 
 
 def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict) -> dict:
-    """Compact parts into TABLES/<table>.parquet and DEST/index.parquet; write and return the summary.
+    """Compact parts into TABLES/<table>.parquet and DEST/_index/; write and return the summary.
 
     `run` holds what only the driver knows: units total/run/skipped/failed, objects and bytes this run,
     and elapsed seconds.
@@ -45,7 +46,7 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict)
         remove_stale_temporaries(fs, path)
     for name in PRIVATE_TABLES:
         compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet")
-    compact(tables_fs, tables_path, "index", dest_fs, f"{dest_path}/{INDEX_NAME}")
+    compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables))
     elapsed = max(run["elapsed"], 1e-9)
     summary = {
         "source": run["source"], "dest": dest, "tables": tables,
@@ -60,6 +61,12 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict)
     }
     put_bytes(tables_fs, f"{tables_path}/{SUMMARY_NAME}", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def index_path(dest_path: str, tables: str) -> str:
+    """This job's file of the DEST index: jobs writing into one DEST each add a file, none replaces one."""
+    job = hashlib.sha256(tables.encode()).hexdigest()[:16]
+    return f"{dest_path}/{INDEX_FOLDER}/{job}.parquet"
 
 
 def read_summary(tables: str, storage_options: dict | None = None) -> dict | None:
@@ -86,6 +93,6 @@ def describe(summary: dict) -> str:
     if summary["quarantine_reasons"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in summary["quarantine_reasons"].items())
         lines.append(f"quarantine reasons: {reasons}")
-    lines.append(f"de-identified output: {summary['dest']}  (index: {INDEX_NAME})")
+    lines.append(f"de-identified output: {summary['dest']}  (Parquet index: {INDEX_FOLDER}/)")
     lines.append(f"private tables: {summary['tables']}  (keep these safe: they link back to the source)")
     return "\n".join(lines)

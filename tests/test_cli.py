@@ -35,7 +35,7 @@ def test_demo_with_no_arguments(tmp_path, monkeypatch, capsys, dask_client):
     out, err = capsys.readouterr()
     assert "random" in err and "not reproducible" in err
     assert f"demo: de-identified files in {DEMO_DEST}/" in out
-    index = pq.read_table(tmp_path / DEMO_DEST / "index.parquet")
+    index = pq.read_table(tmp_path / DEMO_DEST / "_index")
     assert index.num_rows > 50
     assert (tmp_path / DEMO_TABLES / "manifest.parquet").exists()
     assert main(["run", "--no-progress"]) == 0  # a second demo replaces the first

@@ -42,14 +42,14 @@ def _check_outputs(files: dict[str, bytes], outputs: dict[str, bytes], manifest:
     """One manifest row per input; outputs named and filled only by new UIDs; every UID in the map."""
     assert len(manifest) == len(files) and manifest["source_url"].is_unique
     written = manifest[manifest.status == "written"]
-    assert set(written["output_key"]) | {"index.parquet"} == set(outputs)
+    assert set(written["output_key"]) == {key for key in outputs if not key.startswith("_index/")}
     forbidden = identifying_strings(files)
     new_to_original = dict(zip(uid_map.new_uid, uid_map.original_uid, strict=True))
     studies: dict[str, set[str]] = {}
     for key, data in outputs.items():
         assert not any(value.decode() in key for value in forbidden), key
         assert not any(value in data for value in forbidden), key
-        if key == "index.parquet":
+        if key.startswith("_index/"):
             continue
         ds = pydicom.dcmread(io.BytesIO(data))
         for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
@@ -82,12 +82,13 @@ def test_local_archive_end_to_end(tmp_path, dask_client):
     _check_outputs(files, tree(dest), found["manifest"], found["uid_map"])
     quarantined = found["manifest"][found["manifest"].status == "quarantined"]
     assert set(quarantined.source_url) == set(found["quarantine"].source_url)
-    index = pq.read_table(dest / "index.parquet")
+    index = pq.read_table(dest / "_index")
     assert index.schema.equals(INDEX_SCHEMA) and index.num_rows == 20
-    per_study = duckdb.sql(f"select study_uid, count(*) n from '{dest}/index.parquet' group by 1").fetchall()
+    query = f"select study_uid, count(*) n from '{dest}/_index/*.parquet' group by 1"
+    per_study = duckdb.sql(query).fetchall()
     assert sorted(n for _, n in per_study) == [5, 5, 5, 5]
-    frame = dd.read_parquet(str(dest / "index.parquet")).compute(scheduler="sync")
-    assert set(frame["key"]) == set(pd.read_parquet(dest / "index.parquet")["key"]) and len(frame) == 20
+    frame = dd.read_parquet(str(dest / "_index")).compute(scheduler="sync")
+    assert set(frame["key"]) == set(pd.read_parquet(dest / "_index")["key"]) and len(frame) == 20
     assert "objects: 25" in result.report
 
 
@@ -152,7 +153,7 @@ def test_s3_archive_end_to_end(s3_server, s3_bucket, dask_client):
     found = {name: pq.read_table(f"{tables}/{name}.parquet", filesystem=fs).to_pandas()
              for name in ("manifest", "uid_map")}
     _check_outputs(files, outputs, found["manifest"], found["uid_map"])
-    assert pq.read_table(f"{dest}/index.parquet", filesystem=fs).num_rows == 20
+    assert pq.read_table(f"{s3_bucket}/deidentified/_index", filesystem=fs).num_rows == 20
 
 
 def _archive_in_s3(fs, prefix: str) -> dict[str, bytes]:
@@ -181,7 +182,7 @@ def test_corpus_sample_from_a_listing_file(tmp_path, dask_client):
     found = _tables(tmp_path / "tables")
     outputs = tree(tmp_path / "dest")
     written = found["manifest"][found["manifest"].status == "written"]
-    assert set(written.output_key) | {"index.parquet"} == set(outputs)
+    assert set(written.output_key) == {key for key in outputs if not key.startswith("_index/")}
     # Toy UIDs such as "1.2.3" would match inside any standard UID: only specific ones count.
     forbidden = {uid.encode() for uid in set(found["uid_map"].original_uid) | _instance_uids(files)
                  if len(uid) > 12}
@@ -218,3 +219,16 @@ def test_secret_and_patient_data_stay_out_of_tables_logs_and_task_keys(tmp_path,
     assert messages and not [m for m in messages if any(p in m for p in private)]
     keys = [str(t["key"]) for t in tasks.data]
     assert keys and not [k for k in keys if any(p in k for p in private)]
+
+
+def test_a_study_arriving_in_a_later_run_gets_the_same_new_uids(tmp_path, dask_client):
+    files = study_objects(1, 4, seed="later")
+    names = sorted(files)
+    write_tree(tmp_path / "monday", {n: files[n] for n in names[:2]})
+    write_tree(tmp_path / "tuesday", {n: files[n] for n in names[2:]})
+    for day in ("monday", "tuesday"):
+        pipeline.run(str(tmp_path / day), str(tmp_path / "dest"), str(tmp_path / f"tables-{day}"),
+                     client=dask_client, secret=SECRET)
+    studies = {key.split("/")[0] for key in tree(tmp_path / "dest") if key.endswith(".dcm")}
+    assert len(studies) == 1 and len([k for k in tree(tmp_path / "dest") if k.endswith(".dcm")]) == 4
+    assert pq.read_table(tmp_path / "dest" / "_index").num_rows == 4  # each run added its own index file
