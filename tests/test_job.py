@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -232,3 +234,11 @@ def test_a_study_arriving_in_a_later_run_gets_the_same_new_uids(tmp_path, dask_c
     studies = {key.split("/")[0] for key in tree(tmp_path / "dest") if key.endswith(".dcm")}
     assert len(studies) == 1 and len([k for k in tree(tmp_path / "dest") if k.endswith(".dcm")]) == 4
     assert pq.read_table(tmp_path / "dest" / "_index").num_rows == 4  # each run added its own index file
+
+
+def test_importing_the_package_and_engine_stays_light():
+    code = ("import sys, pipeline, pipeline.deid; "
+            "heavy = [m for m in ('dask', 'distributed', 'pyarrow', 'fsspec') if m in sys.modules]; "
+            "assert not heavy, heavy; assert callable(pipeline.run)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
