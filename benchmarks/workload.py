@@ -48,7 +48,7 @@ def make_workload(target: Path, source: Path | None = None, max_size: int = 2_00
 
 
 def timed_job(client, source: str, out: Path, storage_options: dict | None = None,
-              max_unit_objects: int = 25) -> dict[str, float]:
+              max_unit_objects: int = 1000) -> dict[str, float]:
     """Seconds spent in list+scan+plan, in running the units and in finalizing, on a fresh output."""
     shutil.rmtree(out, ignore_errors=True)
     dest, tables = str(out / "dest"), str(out / "tables")

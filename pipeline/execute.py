@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 import warnings
 from collections import Counter, deque
@@ -40,6 +41,7 @@ class Settings:
     secret: bytes = field(repr=False)
     storage_options: dict | None = field(default=None, repr=False)
     io_threads: int = IO_THREADS
+    progress_seconds: float = 1.0  # how often a running unit reports how far it got
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Unit:
 
     unit_id: str
     rows: list[dict] = field(repr=False)
+    progress_topic: str | None = None  # where to report progress while running, if anywhere
 
 
 class _Outcome(NamedTuple):
@@ -147,6 +150,27 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tu
     return _Outcome(manifest, None, uids, index), out
 
 
+def _reporter(unit: Unit, every: float) -> Callable[[int, int], None]:
+    """Tells the driver, every `every` seconds, how far a running unit got (nothing outside a worker)."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        worker = None
+    if worker is None or unit.progress_topic is None:
+        return lambda objects, nbytes: None
+    last = time.monotonic()
+
+    def report(objects: int, nbytes: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            worker.log_event(unit.progress_topic, {"unit_id": unit.unit_id, "objects": objects,
+                                                   "source_bytes": nbytes})
+    return report
+
+
 def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
     """The unit's rows of each table; a UID seen by several objects is mapped once."""
     uids: dict[str, dict] = {}
@@ -167,6 +191,8 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     outcomes = []
+    source_bytes = 0
+    report = _reporter(unit, settings.progress_seconds)
     writes: deque[Future] = deque()
     # Reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this thread.
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
@@ -174,6 +200,8 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
         for row, read in _prefetched(pool, rows, settings.storage_options, 2 * settings.io_threads):
             outcome, out = _deidentify(row, read, unit.unit_id, settings)
             outcomes.append(outcome)
+            source_bytes += row["size"] or 0
+            report(len(outcomes), source_bytes)
             if out is not None:
                 writes.append(pool.submit(put_bytes, dest_fs, f"{dest_path}/{outcome.index['key']}", out))
             while len(writes) > 2 * settings.io_threads or (writes and writes[0].done()):
@@ -245,8 +273,12 @@ class Progress:
 
 def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | None = None,
               window: int | None = None, on_unit: Callable[[dict], None] | None = None,
-              attempts: int = UNIT_ATTEMPTS) -> Progress:
-    """Run every uncommitted unit of `plan`, at most `window` at a time; resubmit failed units."""
+              on_partial: Callable[[dict], None] | None = None, attempts: int = UNIT_ATTEMPTS) -> Progress:
+    """Run every uncommitted unit of `plan`, at most `window` at a time; resubmit failed units.
+
+    `on_unit` gets each finished unit's counts; `on_partial` gets running units' progress reports
+    ({unit_id, objects, source_bytes} so far, zero when a unit starts over).
+    """
     from distributed import as_completed
 
     units = _units(plan)
@@ -256,12 +288,13 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
     progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
     window = window or max(2, 2 * sum(client.nthreads().values()))
     run_token = uuid.uuid4().hex[:8]
+    topic = f"dicom-deid-progress-{run_token}" if on_partial else None
     tries: Counter = Counter()
     running: dict = {}
     pending = as_completed()
 
     def submit(unit_id: str) -> None:
-        unit = Unit(unit_id, units[unit_id].to_pylist())
+        unit = Unit(unit_id, units[unit_id].to_pylist(), topic)
         key = f"deid-unit-{unit_id}-{run_token}-{tries[unit_id]}"
         future = client.submit(run_unit, unit, settings, key=key, pure=False)
         tries[unit_id] += 1
@@ -269,6 +302,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
         pending.add(future)
 
     queue.reverse()
+    if topic:
+        client.subscribe_topic(topic, lambda event: on_partial(event[1]))
     try:
         while queue and len(running) < window:
             submit(queue.pop())
@@ -280,6 +315,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
                 if tries[unit_id] < attempts:
                     log.warning("unit %s failed (%s); resubmitting", unit_id, type(exc).__name__)
                     submit(unit_id)
+                    if on_partial:
+                        on_partial({"unit_id": unit_id, "objects": 0, "source_bytes": 0})
                 else:
                     log.error("unit %s failed %d times (%s); left for a later run", unit_id, tries[unit_id],
                               type(exc).__name__)
@@ -292,4 +329,6 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
                 submit(queue.pop())
     finally:
         client.cancel(list(running))
+        if topic:
+            client.unsubscribe_topic(topic)
     return progress

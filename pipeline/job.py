@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +27,8 @@ from .tables import put_bytes, read_table, write_table
 log = logging.getLogger(__name__)
 
 JOB_NAME = "job.json"
+UNITS_PER_THREAD = 4  # enough units that no worker idles while another finishes a long one
+MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
 
 
 class JobError(Exception):
@@ -143,6 +147,12 @@ def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Ta
     return table
 
 
+def unit_size(objects: int, limit: int, threads: int) -> int:
+    """Objects per unit: several units for every worker thread, but never above `limit`."""
+    spread = math.ceil(objects / (UNITS_PER_THREAD * max(threads, 1)))
+    return min(limit, max(MIN_UNIT_OBJECTS, spread))
+
+
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
             max_unit_bytes: int, store: bool = True) -> pa.Table:
     """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
@@ -156,8 +166,9 @@ def prepare(source: str, tables: str, client, storage_options: dict | None, *, m
     log.info("listed %d objects", listing.num_rows)
     inventory = _stage(fs, f"{path}/inventory.parquet",
                        lambda: scan(listing, storage_options, client=client), store)
+    unit_objects = unit_size(inventory.num_rows, max_unit_objects, sum(client.nthreads().values()))
     planned = _stage(fs, f"{path}/plan.parquet",
-                     lambda: plan(inventory, max_objects=max_unit_objects, max_bytes=max_unit_bytes), store)
+                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=max_unit_bytes), store)
     log.info("planned %d units", len(pc.unique(planned["unit_id"])))
     return planned
 
@@ -176,7 +187,7 @@ def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
 
 
 class _Bars:
-    """tqdm bars of objects and bytes, advanced as units finish."""
+    """tqdm bars of objects and bytes: finished units plus what running units last reported."""
 
     def __init__(self, objects: int, nbytes: int) -> None:
         from tqdm.auto import tqdm
@@ -184,10 +195,25 @@ class _Bars:
         self.objects = tqdm(total=objects, unit="obj", desc="objects", position=0)
         self.bytes = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ",
                           position=1)
+        self.lock = threading.Lock()
+        self.finished: set[str] = set()
+        self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
+
+    def _show(self, unit_id: str, objects: int, nbytes: int) -> None:
+        before = self.shown.get(unit_id, (0, 0))
+        self.shown[unit_id] = (objects, nbytes)
+        self.objects.update(objects - before[0])
+        self.bytes.update(nbytes - before[1])
+
+    def partial(self, report: dict) -> None:
+        with self.lock:
+            if report["unit_id"] not in self.finished:
+                self._show(report["unit_id"], report["objects"], report["source_bytes"])
 
     def __call__(self, stats: dict) -> None:
-        self.objects.update(stats["objects"])
-        self.bytes.update(stats["source_bytes"])
+        with self.lock:
+            self.finished.add(stats["unit_id"])
+            self._show(stats["unit_id"], stats["objects"], stats["source_bytes"])
 
     def close(self) -> None:
         self.objects.close()
@@ -258,7 +284,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                 callback(stats)
 
         try:
-            outcome = run_units(active, planned, settings, done=done, on_unit=unit_finished)
+            outcome = run_units(active, planned, settings, done=done, on_unit=unit_finished,
+                                on_partial=bars.partial if bars else None)
         finally:
             if bars:
                 bars.close()

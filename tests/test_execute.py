@@ -111,3 +111,16 @@ def test_driver_runs_each_unit_once_and_skips_committed_units(tmp_path, dask_cli
     assert progress.written == 12 and len(tree(Path(settings.dest))) == 12
     again = run_units(dask_client, plan, settings)
     assert again.units_run == 0 and again.units_skipped == 6
+
+
+def test_running_units_report_progress_to_the_driver(tmp_path, dask_client):
+    files = study_objects(1, 6, seed="progress")
+    write_tree(tmp_path / "src", files)
+    plan = pa.Table.from_pylist([{**row, "unit_id": "u-only", "sop_uid": None}
+                                 for row in _rows(tmp_path / "src", sorted(files))])
+    settings = Settings(str(tmp_path / "dest"), str(tmp_path / "tables"), Profile(), SECRET,
+                        progress_seconds=0)
+    reports = []
+    run_units(dask_client, plan, settings, on_partial=reports.append)
+    counts = [r["objects"] for r in reports if r["unit_id"] == "u-only"]
+    assert len(counts) >= 3 and counts == sorted(counts) and counts[-1] <= 6
