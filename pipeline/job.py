@@ -27,8 +27,9 @@ from .tables import put_bytes, read_table, write_table
 log = logging.getLogger(__name__)
 
 JOB_NAME = "job.json"
-UNITS_PER_THREAD = 4  # enough units that no worker idles while another finishes a long one
+UNITS_PER_THREAD = 8  # enough units that no worker idles while another finishes a long one
 MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
+MIN_UNIT_BYTES = 2**20
 
 
 class JobError(Exception):
@@ -147,10 +148,10 @@ def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Ta
     return table
 
 
-def unit_size(objects: int, limit: int, threads: int) -> int:
-    """Objects per unit: several units for every worker thread, but never above `limit`."""
-    spread = math.ceil(objects / (UNITS_PER_THREAD * max(threads, 1)))
-    return min(limit, max(MIN_UNIT_OBJECTS, spread))
+def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJECTS) -> int:
+    """A unit's share of `total` (objects or bytes): several units per worker thread, never above `limit`."""
+    spread = math.ceil(total / (UNITS_PER_THREAD * max(threads, 1)))
+    return min(limit, max(smallest, spread))
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
@@ -166,9 +167,11 @@ def prepare(source: str, tables: str, client, storage_options: dict | None, *, m
     log.info("listed %d objects", listing.num_rows)
     inventory = _stage(fs, f"{path}/inventory.parquet",
                        lambda: scan(listing, storage_options, client=client), store)
-    unit_objects = unit_size(inventory.num_rows, max_unit_objects, sum(client.nthreads().values()))
+    threads = sum(client.nthreads().values())
+    unit_objects = unit_size(inventory.num_rows, max_unit_objects, threads)
+    unit_bytes = unit_size(pc.sum(inventory["size"]).as_py() or 0, max_unit_bytes, threads, MIN_UNIT_BYTES)
     planned = _stage(fs, f"{path}/plan.parquet",
-                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=max_unit_bytes), store)
+                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes), store)
     log.info("planned %d units", len(pc.unique(planned["unit_id"])))
     return planned
 

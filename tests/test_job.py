@@ -247,6 +247,6 @@ def test_importing_the_package_and_engine_stays_light():
 def test_units_are_sized_so_every_worker_thread_gets_several():
     from pipeline.job import unit_size
 
-    assert unit_size(382, 1000, 2) == 48  # 8 units for 2 threads, not 1 unit of 382
+    assert unit_size(382, 1000, 2) == 24  # 16 units for 2 threads, not 1 unit of 382
     assert unit_size(10_000_000, 1000, 64) == 1000  # the limit holds for large archives
     assert unit_size(5, 1000, 2) == 10 and unit_size(5, 2, 2) == 2
