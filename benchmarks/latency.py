@@ -3,7 +3,7 @@
 Usage: python benchmarks/latency.py [--rounds 3] [--latency 0.02] [FOLDER]
 
 Storage is a registered fsspec filesystem, "slow://", that is local disk answering every request (open,
-read, write, info, listing) `latency` seconds late, like an object store across a network; it reaches the
+read, write, info, one listing) `latency` seconds late, like an object store across a network; it reaches the
 pipeline the way S3 does, through the URL protocol and storage options. Each round runs the whole job
 (list, scan, plan, run, finalize) on one worker with one thread, without and with latency. Printed figures
 are medians over rounds; the aim is that latency costs the run stage less than 2x.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class SlowFileSystem(LocalFileSystem):
     def __init__(self, latency: float = 0.02, **kwargs) -> None:
         super().__init__(auto_mkdir=True, **kwargs)
         self.latency = latency
+        self.listing = threading.local()  # a listing is one request, like an S3 page, not one per entry
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -40,7 +42,8 @@ class SlowFileSystem(LocalFileSystem):
         return super()._strip_protocol(path.removeprefix("slow://"))
 
     def _wait(self) -> None:
-        time.sleep(self.latency)
+        if not getattr(self.listing, "active", False):
+            time.sleep(self.latency)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         self._wait()
@@ -56,7 +59,11 @@ class SlowFileSystem(LocalFileSystem):
 
     def ls(self, path, detail=False, **kwargs):
         self._wait()
-        return super().ls(path, detail=detail, **kwargs)
+        self.listing.active = True
+        try:
+            return super().ls(path, detail=detail, **kwargs)
+        finally:
+            self.listing.active = False
 
 
 def register() -> None:
