@@ -135,25 +135,30 @@ def _demo_secret() -> bytes | None:
     return secrets.token_bytes(32)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from . import job
-
-    demo = args.source is None
-    if demo:
+def _locations_and_secret(args: argparse.Namespace) -> bytes | None:
+    """Fill in the demo's locations, or insist on the ones a real run needs; the secret to pass on."""
+    if args.source is None:
         import pydicom
 
         args.source = str(Path(pydicom.__file__).parent / "data" / "test_files")
         args.dest, args.tables = str(DEMO_DEST), str(DEMO_TABLES)
-        secret = None if args.dry_run else _demo_secret()
-    else:
-        if args.dest is None:
-            raise UsageError("DEST is required when SOURCE is given")
-        if args.tables is None:
-            raise UsageError("--tables is required: a private location, outside DEST, for linkage tables")
-        secret = _read_secret(args.secret_file)
-        if secret is None and not args.dry_run and not os.environ.get(SECRET_ENV):
-            raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} (keep it: the same "
-                             "secret gives the same new UIDs in later runs)")
+        return None if args.dry_run else _demo_secret()
+    if args.dest is None:
+        raise UsageError("DEST is required when SOURCE is given")
+    if args.tables is None:
+        raise UsageError("--tables is required: a private location, outside DEST, for linkage tables")
+    secret = _read_secret(args.secret_file)
+    if secret is None and not args.dry_run and not os.environ.get(SECRET_ENV):
+        raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} (keep it: the same "
+                         "secret gives the same new UIDs in later runs)")
+    return secret
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import job
+
+    demo = args.source is None
+    secret = _locations_and_secret(args)
     if args.max_unit_objects < 1 or args.max_unit_bytes < 1:
         raise UsageError("--max-unit-objects and --max-unit-bytes must be positive")
     flags = {name: True for name in FLAGS if getattr(args, name)}
