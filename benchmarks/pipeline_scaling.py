@@ -84,6 +84,9 @@ def main() -> None:
           f"(rounds {min(stage_ratios):.2f}x-{max(stage_ratios):.2f}x)")
     print(f"the machine itself, 2 CPU-bound processes / 1: {statistics.median(machine):.2f}x "
           f"(rounds {min(machine):.2f}x-{max(machine):.2f}x; below 2x means other load shares the cores)")
+    shares = [stage / machine_gain for stage, machine_gain in zip(stage_ratios, machine, strict=True)]
+    print(f"run stage gain as a share of the machine's own gain in the same round: "
+          f"median {statistics.median(shares):.0%} (rounds {min(shares):.0%}-{max(shares):.0%})")
     one_worker = statistics.median(r["objects"] / r["total"] for r in one)
     print(f"1 worker / engine alone: {one_worker / statistics.median(engine):.2f}x")
 

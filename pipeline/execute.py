@@ -249,6 +249,12 @@ def _units(plan: pa.Table) -> dict[str, pa.Table]:
     return {ids[s]: rows.slice(s, e - s) for s, e in zip(starts, ends, strict=True)}
 
 
+def _largest_first(units: dict[str, pa.Table]) -> list[str]:
+    """Unit ids by bytes, largest first: the last to finish are small, so no worker idles long at the end."""
+    nbytes = {unit_id: pc.sum(rows["size"]).as_py() or 0 for unit_id, rows in units.items()}
+    return sorted(nbytes, key=lambda unit_id: (-nbytes[unit_id], unit_id))
+
+
 @dataclass
 class Progress:
     """What the driver saw: units and object counts of this run."""
@@ -284,7 +290,7 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
     units = _units(plan)
     if done is None:
         done = committed_units(settings.tables, settings.storage_options)
-    queue = [u for u in sorted(units) if u not in done]
+    queue = _largest_first({u: rows for u, rows in units.items() if u not in done})
     progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
     window = window or max(2, 2 * sum(client.nthreads().values()))
     run_token = uuid.uuid4().hex[:8]
