@@ -12,14 +12,17 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
 
-from .deid import DeidError, Profile, deidentify, parse, serialize
+from .deid import DeidError, Profile
+from .deid.stream import deidentify_bytes
 from .storage import filesystem, retry
 from .tables import put_bytes, write_part
 
@@ -121,20 +124,20 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tu
     except Exception as exc:  # gone, forbidden, or still failing after retries
         return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}"), None
     try:
-        source = parse(data)
-        result = deidentify(source, settings.profile, secret=settings.secret)
-        out = serialize(result.dataset)
+        result = deidentify_bytes(data, settings.profile, secret=settings.secret)
+        out = result.data
+        # The output's own header names it and fills the index; its pixel data is not parsed.
+        ds = dcmread(BytesIO(out), stop_before_pixels=True)
     except DeidError as exc:
         return _quarantine(row, unit_id, exc.reason, exc.detail), None
     except Exception as exc:  # the engine wraps its own failures; this is a last line of defence
         return _quarantine(row, unit_id, "internal-error", type(exc).__name__), None
-    ds = result.dataset
     parts = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     if not all(p and _SAFE_UID.match(p) for p in parts):
         return _quarantine(row, unit_id, "missing-uid",
                            "no valid Study, Series and SOP Instance UID to name the output by"), None
     key = "/".join(parts[:2]) + f"/{parts[2]}.dcm"
-    original_study = _text(source, "StudyInstanceUID")
+    original_study = {new: old for old, new in result.uid_map.items()}.get(parts[0], parts[0])
     uids = [{"original_uid": original, "new_uid": new,
              "attribute": keyword_for_tag(result.uid_attributes[original]) or
              f"{result.uid_attributes[original]:08X}",
