@@ -12,13 +12,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
 
 from .deid import DeidError, Profile
@@ -125,9 +123,7 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tu
         return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}"), None
     try:
         result = deidentify_bytes(data, settings.profile, secret=settings.secret)
-        out = result.data
-        # The output's own header names it and fills the index; its pixel data is not parsed.
-        ds = dcmread(BytesIO(out), stop_before_pixels=True)
+        out, ds = result.data, result.header  # the output's own values name it and fill the index
     except DeidError as exc:
         return _quarantine(row, unit_id, exc.reason, exc.detail), None
     except Exception as exc:  # the engine wraps its own failures; this is a last line of defence

@@ -17,7 +17,7 @@ import pytest
 from pydicom.datadict import dictionary_VR
 
 from pipeline.deid import DeidError, Profile, action_for, apply, basic_profile, deidentify, parse, serialize
-from pipeline.deid.stream import deidentify_bytes
+from pipeline.deid.stream import deidentify_bytes, header_of
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -136,7 +136,7 @@ HASHER = """
 import hashlib, json, sys, warnings
 from pathlib import Path
 from pipeline.deid import DeidError, basic_profile
-from pipeline.deid.stream import deidentify_bytes
+from pipeline.deid.stream import deidentify_bytes, header_of
 warnings.simplefilter("ignore")
 out = {}
 for path in sys.argv[1:]:
@@ -208,4 +208,5 @@ def test_both_walkers_agree(profile):
         assert values(a) == values(b), row["path"]
         assert values(a.file_meta) == values(b.file_meta), row["path"]
         assert (slow.uid_map, slow.uid_attributes) == (result.uid_map, result.uid_attributes)
+        assert result.header == header_of(slow.dataset), row["path"]
     assert fast >= 400

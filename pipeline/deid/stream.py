@@ -11,10 +11,12 @@ from functools import cache
 from struct import pack, unpack_from
 from typing import NamedTuple
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
@@ -45,7 +47,7 @@ from .values import TEXT_VRS, concrete_vr, dummy, shift
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END, PIXEL_DATA = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0x7FE00010
-SOP_CLASS, SOP_INSTANCE, DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+DIRECTORY_RECORDS = 0x00041220
 TRANSFER_SYNTAX, MEDIA_SOP_CLASS = 0x00020010, 0x00020002
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN",
@@ -55,6 +57,13 @@ SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
 
 
+# Top-level values of the output that callers name and index files by, so they need not parse it.
+HEADER = {0x00080005: "SpecificCharacterSet", 0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
+          0x00080060: "Modality", 0x0008103E: "SeriesDescription", 0x0020000D: "StudyInstanceUID",
+          0x0020000E: "SeriesInstanceUID", 0x00280008: "NumberOfFrames", 0x00280010: "Rows",
+          0x00280011: "Columns"}
+
+
 class FileResult(NamedTuple):
     """De-identified file bytes, the UID map, where each UID came from, and which walker ran."""
 
@@ -62,6 +71,7 @@ class FileResult(NamedTuple):
     uid_map: dict[str, str]
     uid_attributes: dict[str, int]
     fast: bool
+    header: dict[str, str | int | None]  # HEADER's keywords -> the output's values
 
 
 class _Unsupported(Exception):
@@ -75,9 +85,31 @@ def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | Non
         return _Stream(data, profile, key).file()
     except (_Unsupported, UnicodeError):
         result = deidentify(parse(data), profile, secret=key)
-        return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False)
+        return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
+                          header_of(result.dataset))
     except RecursionError as exc:
         raise DeidError("too-deep", "sequences nested too deeply to process") from exc
+
+
+def header_of(ds: Dataset) -> dict[str, str | int | None]:
+    """HEADER's values of a dataset, in the plain types the byte walker gives."""
+    values: dict[str, str | int | None] = {}
+    for keyword in HEADER.values():
+        value = ds.get(keyword)
+        if keyword in ("Rows", "Columns", "NumberOfFrames"):
+            values[keyword] = _int(str(value)) if value not in (None, "") else None
+        elif value is None:
+            values[keyword] = None
+        else:
+            values[keyword] = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
+    return values
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text.strip(" \0"))
+    except ValueError:
+        return None
 
 
 @cache
@@ -138,7 +170,7 @@ class _Stream:
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
         self.actions: dict[int, str] = {}
-        self.top: dict[int, str] = {}  # output values of SOP Class and SOP Instance UID
+        self.top: dict[int, bytes] = {}  # output values of HEADER's elements
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -148,7 +180,8 @@ class _Stream:
             raise _Unsupported
         self.body, self.implicit = pos, syntax.is_implicit_VR
         chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False)
-        if not self.top.get(SOP_INSTANCE) or self.top.get(SOP_CLASS) in (None, "", DICOMDIR_SOP_CLASS):
+        header = self._header()
+        if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
@@ -156,10 +189,23 @@ class _Stream:
         fp = DicomBytesIO()
         fp.is_implicit_VR, fp.is_little_endian = False, True
         summary = Dataset()
-        summary.SOPClassUID, summary.SOPInstanceUID = self.top[SOP_CLASS], self.top[SOP_INSTANCE]
+        summary.SOPClassUID, summary.SOPInstanceUID = header["SOPClassUID"], header["SOPInstanceUID"]
         write_file_meta_info(fp, file_meta_for(summary, syntax), enforce_standard=True)
         out = b"".join([b"\0" * 128, b"DICM", fp.getvalue(), *(c for _, c in body)])
-        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True)
+        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
+
+    def _header(self) -> dict[str, str | int | None]:
+        """HEADER's output values decoded as pydicom would give them (one value each)."""
+        charset = self.top.get(0x00080005, b"").decode("ascii", "replace").split("\\")
+        values: dict[str, str | int | None] = dict.fromkeys(HEADER.values())
+        for tag, raw in self.top.items():
+            keyword = HEADER[tag]
+            if keyword in ("Rows", "Columns"):
+                values[keyword] = unpack_from("<H", raw)[0] if len(raw) >= 2 else None
+            else:
+                text = decode_bytes(raw, convert_encodings([c.strip() for c in charset]), set())
+                values[keyword] = text.strip(" \0") if keyword != "NumberOfFrames" else _int(text)
+        return values
 
     def _file_meta(self) -> tuple[dict[int, bytes], int]:
         data = self.data
@@ -231,8 +277,8 @@ class _Stream:
             chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
             if chunk is not None:
                 chunks.append((tag, chunk))
-            if depth == 0 and tag in (SOP_CLASS, SOP_INSTANCE) and chunk is not None:
-                self.top[tag] = self._uid_text(chunk, implicit)
+            if depth == 0 and tag in HEADER and chunk is not None:
+                self.top[tag] = self._value(chunk, implicit)
         else:
             if limit is None:
                 raise _Unsupported  # an item without its delimiter
@@ -313,9 +359,9 @@ class _Stream:
                 return start
             pos = self._skip(start, stop, implicit or vr == "UN", depth)
 
-    def _uid_text(self, chunk: bytes, implicit: bool) -> str:
+    def _value(self, chunk: bytes, implicit: bool) -> bytes:
         offset = 8 if implicit or bytes(chunk[4:6]).decode("latin-1") not in LONG_VRS else 12
-        return bytes(chunk[offset:]).decode("ascii", "replace").rstrip("\0 ")
+        return bytes(chunk[offset:])
 
     def _shift(self) -> int:
         if self.shift_days is None:
