@@ -72,15 +72,18 @@ def mark(ds: Dataset, profile: Profile) -> None:
     ds.LongitudinalTemporalInformationModified = temporal_state(profile)
 
 
+def file_meta_elements(sop_class: str, sop_instance: str, syntax: str) -> list[tuple[int, str, object]]:
+    """Fresh file meta as (tag, VR, value): nothing of the source's but its transfer syntax."""
+    return [(0x00020001, "OB", b"\x00\x01"), (0x00020002, "UI", sop_class),
+            (0x00020003, "UI", sop_instance), (0x00020010, "UI", syntax),
+            (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
+            (0x00020013, "SH", f"DICOMDEID_{package_version()}"[:16])]
+
+
 def file_meta_for(body: Dataset, syntax: UID) -> FileMetaDataset:
-    """Fresh file meta: nothing of the source's but its transfer syntax."""
     meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = body.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = body.SOPInstanceUID
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = f"DICOMDEID_{package_version()}"[:16]
+    for tag, vr, value in file_meta_elements(body.SOPClassUID, body.SOPInstanceUID, syntax):
+        meta.add_new(tag, vr, value)
     return meta
 
 

@@ -15,14 +15,14 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
 from .errors import DeidError
 from .keys import date_shift_days, resolve_secret
-from .markers import file_meta_for, mark
+from .markers import file_meta_elements, mark
 from .operations import (
     BLANK,
     DROP,
@@ -186,12 +186,10 @@ class _Stream:
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
-        fp = DicomBytesIO()
-        fp.is_implicit_VR, fp.is_little_endian = False, True
-        summary = Dataset()
-        summary.SOPClassUID, summary.SOPInstanceUID = header["SOPClassUID"], header["SOPInstanceUID"]
-        write_file_meta_info(fp, file_meta_for(summary, syntax), enforce_standard=True)
-        out = b"".join([b"\0" * 128, b"DICM", fp.getvalue(), *(c for _, c in body)])
+        meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
+                        file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
+        out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
+                        *(c for _, c in body)])
         return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
 
     def _header(self) -> dict[str, str | int | None]:
