@@ -69,6 +69,7 @@ def committed_units(tables: str, storage_options: dict | None = None) -> set[str
     """Units whose commit marker exists: their outputs and table parts are complete."""
     fs, path = filesystem(tables, storage_options)
     folder = f"{path}/units"
+    fs.invalidate_cache(folder)  # workers wrote the markers: a listing cached here would be stale
     if not retry(fs.exists, folder):
         return set()
     return {p.rsplit("/", 1)[-1][:-len(".done")] for p in retry(fs.find, folder) if p.endswith(".done")}

@@ -73,6 +73,7 @@ def read_summary(tables: str, storage_options: dict | None = None) -> dict | Non
     """The summary a finished run left in TABLES, or None."""
     fs, path = filesystem(tables, storage_options)
     summary = f"{path}/{SUMMARY_NAME}"
+    fs.invalidate_cache(path)
     return json.loads(retry(fs.cat_file, summary)) if retry(fs.exists, summary) else None
 
 

@@ -128,6 +128,7 @@ def write_part(fs, tables_path: str, name: str, unit_id: str, rows: list[dict]) 
 
 def _parts(fs, tables_path: str, name: str) -> list[str]:
     folder = f"{tables_path}/{name}/parts"
+    fs.invalidate_cache(folder)  # workers wrote the parts: a listing cached here would be stale
     if not retry(fs.exists, folder):
         return []
     return sorted(p for p in retry(fs.find, folder) if p.endswith(".parquet"))

@@ -156,6 +156,9 @@ def test_s3_archive_end_to_end(s3_server, s3_bucket, dask_client):
              for name in ("manifest", "uid_map")}
     _check_outputs(files, outputs, found["manifest"], found["uid_map"])
     assert pq.read_table(f"{s3_bucket}/deidentified/_index", filesystem=fs).num_rows == 20
+    again = pipeline.run(f"s3://{s3_bucket}/incoming", dest, tables, client=dask_client, secret=SECRET,
+                         storage_options=options, max_unit_objects=4)
+    assert again.units_run == 0 and again.units_skipped == result.units_total and again.written == 20
 
 
 def _archive_in_s3(fs, prefix: str) -> dict[str, bytes]:
