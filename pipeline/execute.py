@@ -26,7 +26,8 @@ from .tables import put_bytes, write_part
 
 log = logging.getLogger(__name__)
 
-IO_THREADS = 8
+IO_THREADS = 32  # reads and writes in flight per worker: 20 ms requests still keep up with the engine
+IN_FLIGHT_BYTES = 256 * 2**20  # objects read ahead or waiting to be written, so big objects stay bounded
 UNIT_ATTEMPTS = 3
 # A UID that is safe as a path segment: what the standard allows (new UIDs always are).
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -104,12 +105,17 @@ def _read(row: dict, storage_options: dict | None) -> bytes | None:
 
 def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dict | None,
                 ahead: int) -> Iterator[tuple[dict, Future]]:
-    """Rows in order with their reads, `ahead` reads in flight so storage latency overlaps the work."""
+    """Rows in order with their reads, up to `ahead` reads (and IN_FLIGHT_BYTES) in flight so that storage
+    latency overlaps the work."""
     window: deque[tuple[dict, Future]] = deque()
+    held = 0
     for row in rows:
         window.append((row, pool.submit(_read, row, storage_options)))
-        if len(window) > ahead:
-            yield window.popleft()
+        held += row["size"] or 0
+        while len(window) > ahead or (len(window) > 1 and held > IN_FLIGHT_BYTES):
+            oldest = window.popleft()
+            held -= oldest[0]["size"] or 0
+            yield oldest
     yield from window
 
 
@@ -193,20 +199,26 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     outcomes = []
     source_bytes = 0
     report = _reporter(unit, settings.progress_seconds)
-    writes: deque[Future] = deque()
+    writes: deque[tuple[Future, int]] = deque()
+    pending = 0  # bytes waiting to be written
     # Reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this thread.
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
-        for row, read in _prefetched(pool, rows, settings.storage_options, 2 * settings.io_threads):
+        for row, read in _prefetched(pool, rows, settings.storage_options, settings.io_threads):
             outcome, out = _deidentify(row, read, unit.unit_id, settings)
             outcomes.append(outcome)
             source_bytes += row["size"] or 0
             report(len(outcomes), source_bytes)
             if out is not None:
-                writes.append(pool.submit(put_bytes, dest_fs, f"{dest_path}/{outcome.index['key']}", out))
-            while len(writes) > 2 * settings.io_threads or (writes and writes[0].done()):
-                writes.popleft().result()  # a failing destination fails the unit, not the object
-        for write in writes:
+                path = f"{dest_path}/{outcome.index['key']}"
+                writes.append((pool.submit(put_bytes, dest_fs, path, out), len(out)))
+                pending += len(out)
+            while writes and (writes[0][0].done() or len(writes) > settings.io_threads
+                              or pending > IN_FLIGHT_BYTES):
+                write, size = writes.popleft()
+                write.result()  # a failing destination fails the unit, not the object
+                pending -= size
+        for write, _ in writes:
             write.result()
         tables = _unit_tables(outcomes)
         list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
