@@ -1,9 +1,10 @@
 """Pipeline throughput with one and two Dask workers against the engine alone, on the same files, in one run.
 
-Usage: python benchmarks/pipeline_scaling.py [--rounds 3] [FOLDER]
+Usage: python benchmarks/pipeline_scaling.py [--rounds 3] [--copies 4] [FOLDER]
 
 FOLDER defaults to ../shared/corpus (else pydicom's bundled test files); objects the engine accepts are
-copied once per SOP Instance UID to a temporary folder. Each round times, on local folders: the engine
+copied once per SOP Instance UID to a temporary folder, and again under `copies - 1` other SOP Instance
+UIDs so that the run is long enough to measure. Each round times, on local folders: the engine
 alone in this process (read file, de-identify, write file), then the whole job (list, scan, plan, run,
 finalize) on the LocalCluster the job embeds, of one worker and of two (start-up not timed).
 Printed figures are medians over rounds; "run stage" excludes listing, scanning and finalizing.
@@ -60,10 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=4, help="each object also under other UIDs (1-10)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        files = make_workload(root / "source", args.folder)
+        files = make_workload(root / "source", args.folder, copies=args.copies)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         engine, one, two, machine = [], [], [], []
         for _ in range(args.rounds):

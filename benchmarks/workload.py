@@ -24,8 +24,16 @@ def engine_once(data: bytes) -> bytes:
     return deidentify_bytes(data, Profile(), secret=SECRET).data
 
 
-def make_workload(target: Path, source: Path | None = None, max_size: int = 2_000_000) -> list[Path]:
-    """Copy objects the engine accepts, one per SOP Instance UID, so no object is a cheap duplicate."""
+def _variant(data: bytes, sop: str, copy: int) -> bytes:
+    """The object under another SOP Instance UID of the same length (its last digit moved on by `copy`)."""
+    other = sop[:-1] + str((int(sop[-1]) + copy) % 10)
+    return data.replace(sop.encode(), other.encode())
+
+
+def make_workload(target: Path, source: Path | None = None, max_size: int = 2_000_000,
+                  copies: int = 1) -> list[Path]:
+    """Copy objects the engine accepts, one per SOP Instance UID, so no object is a cheap duplicate;
+    with `copies` > 1 (at most 10), each also under other SOP Instance UIDs, for a larger workload."""
     source = source or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists()
                         else Path(get_testdata_file("CT_small.dcm")).parent)
     warnings.simplefilter("ignore")
@@ -38,13 +46,14 @@ def make_workload(target: Path, source: Path | None = None, max_size: int = 2_00
             engine_once(data)
         except (DeidError, AttributeError):
             continue
-        if sop in seen:
+        if sop in seen or not sop[-1:].isdigit():
             continue
         seen.add(sop)
-        out = target / f"{len(copied):05d}.dcm"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-        copied.append(out)
+        for copy in range(copies):
+            out = target / f"{len(copied):05d}.dcm"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(_variant(data, sop, copy) if copy else data)
+            copied.append(out)
     return copied
 
 
