@@ -9,11 +9,13 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
 
+READ_THREADS = 32  # reads in flight where the filesystem has no async API of its own
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -130,20 +132,35 @@ def join(url: str, *parts: str) -> str:
     return base + tail if base.endswith("/") else f"{base}/{tail}"
 
 
+def _cat_ranges(fs: AbstractFileSystem, paths: list[str], starts: list,
+                ends: list) -> list[bytes | Exception]:
+    """fsspec's cat_ranges, which is concurrent only on async filesystems; threads make it so elsewhere."""
+    if getattr(fs, "async_impl", False):
+        return list(fs.cat_ranges(paths, starts, ends, on_error="return"))
+
+    def one(args: tuple) -> bytes | Exception:
+        try:
+            return fs.cat_file(*args)
+        except Exception as exc:  # returned, as cat_ranges(on_error="return") does
+            return exc
+
+    with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
+        return list(pool.map(one, zip(paths, starts, ends, strict=True)))
+
+
 def read_many(fs: AbstractFileSystem, paths: Sequence[str], starts: Sequence[int] | None = None,
               ends: Sequence[int] | None = None, attempts: int = ATTEMPTS) -> list[bytes | Exception]:
     """Read many objects (or byte ranges) concurrently; per-path results, exceptions returned not raised."""
     starts = list(starts) if starts is not None else [None] * len(paths)
     ends = list(ends) if ends is not None else [None] * len(paths)
-    results: list[bytes | Exception] = list(fs.cat_ranges(list(paths), starts, ends, on_error="return"))
+    results = _cat_ranges(fs, list(paths), starts, ends)
     for attempt in range(1, attempts):
         todo = [i for i, got in enumerate(results) if isinstance(got, Exception) and is_transient(got)]
         if not todo:
             break
         log.warning("%d transient read errors, retry %d of %d", len(todo), attempt, attempts - 1)
         time.sleep(backoff(attempt))
-        again = fs.cat_ranges([paths[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo],
-                              on_error="return")
+        again = _cat_ranges(fs, [paths[i] for i in todo], [starts[i] for i in todo], [ends[i] for i in todo])
         for i, got in zip(todo, again, strict=True):
             results[i] = got
     return results
