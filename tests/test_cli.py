@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,19 @@ def test_missing_storage_credentials_are_one_line(archive, capsys, monkeypatch, 
                  str(archive / "tables"), "--secret-file", str(archive / "secret"),
                  "--storage-options", json.dumps(options)])
     _one_line_error(capsys, code, "missing storage credentials")
+
+
+def test_s3_endpoint_comes_from_the_environment(tmp_path, s3_server, s3_bucket):
+    """No --storage-options: the CLI and its own workers find S3 through AWS_ENDPOINT_URL_S3."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server["storage_options"])
+    fs.pipe({f"{s3_bucket}/in/{name}": data for name, data in study_objects(1, 3, seed="env").items()})
+    (tmp_path / "secret").write_bytes(SECRET)
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": s3_server["endpoint_url"]}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", f"s3://{s3_bucket}/in",
+                           f"s3://{s3_bucket}/out", "--tables", str(tmp_path / "tables"),
+                           "--secret-file", str(tmp_path / "secret"), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len([key for key in fs.find(f"{s3_bucket}/out") if key.endswith(".dcm")]) == 3
