@@ -113,6 +113,12 @@ def _int(text: str) -> int | None:
 
 
 @cache
+def _actions(profile: Profile) -> dict[int, str]:
+    """Resolved actions by tag, filled as tags are met and kept for every later file."""
+    return {}
+
+
+@cache
 def _dictionary_vr(tag: int) -> str:
     try:
         return concrete_vr(dictionary_VR(tag))
@@ -169,7 +175,7 @@ class _Stream:
         self.uids = UidMapper(key)
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
-        self.actions: dict[int, str] = {}
+        self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
 
     def file(self) -> FileResult:
