@@ -173,7 +173,7 @@ def apply(dataset: Dataset, profile: Profile | None = None, *,
 
 
 def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None = None) -> Result:
-    """`apply` for pipelines, which also record where each replaced UID came from."""
+    """`apply` that also says where each replaced UID came from (the byte walker falls back to it)."""
     try:
         _refuse_unusable(dataset)
         key = resolve_secret(secret)
