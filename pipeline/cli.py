@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .deid import FLAGS
 from .deid.keys import SECRET_ENV
+from .secret import SECRET_FILE_ENV
 
 DEMO_ROOT = Path("dicom-deid-output")
 DEMO_DEST = DEMO_ROOT / "deidentified"
@@ -27,8 +28,9 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "check your arguments, storage or credentials", not "the program is broken"."""
     from .job import JobError
+    from .secret import SecretError
 
-    found: list[type[BaseException]] = [UsageError, JobError, OSError, json.JSONDecodeError]
+    found: list[type[BaseException]] = [UsageError, JobError, SecretError, OSError, json.JSONDecodeError]
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -86,8 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (run, scan, status):
         sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
     for sub in (run, scan):
-        sub.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler (default: a local cluster)")
+        _cluster_options(sub)
+    run.add_argument("--send-secret", action="store_true",
+                     help="send the secret to workers (tls:// scheduler only; else they read their own)")
     return parser
+
+
+def _cluster_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("Dask cluster (TLS settings default to the Dask configuration)")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="tcp:// or tls:// address of a Dask scheduler (default: a local cluster)")
+    group.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate that signed the cluster's")
+    group.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+    group.add_argument("--tls-key", metavar="PEM", help="this client's private key")
+    group.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                       help="the local cluster's dashboard (default: this machine only, any free port)")
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
@@ -99,40 +114,52 @@ def _storage_options(args: argparse.Namespace) -> dict | None:
     return options
 
 
-def _client(address: str | None):
+def _client(args: argparse.Namespace):
     """A client of the named scheduler, or nothing (the job then starts a local cluster)."""
-    if not address:
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    if not args.scheduler:
+        if any(tls):
+            raise UsageError("--tls-ca-file, --tls-cert and --tls-key need --scheduler tls://...")
         return nullcontext(None)
     from distributed import Client
+    from distributed.security import Security
 
+    if any(tls) and not all(tls):
+        raise UsageError("give all three of --tls-ca-file, --tls-cert and --tls-key, or none")
+    # Without the flags, Security() takes the TLS files from the Dask configuration (distributed.comm.tls).
+    security = Security(tls_ca_file=tls[0], tls_client_cert=tls[1], tls_client_key=tls[2],
+                        require_encryption=True) if all(tls) else None
     try:
-        return Client(address, timeout="10s", set_as_default=False)
-    except OSError as exc:
-        raise UsageError(f"cannot reach the Dask scheduler at {address}") from exc
+        return Client(args.scheduler, timeout="10s", set_as_default=False, security=security)
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {args.scheduler}: {exc}") from exc
 
 
 def _read_secret(path: Path | None) -> bytes | None:
+    from .secret import SecretError, read_secret_file
+
     if path is None:
         return None
     try:
-        secret = path.read_bytes().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read --secret-file {path}: {exc.strerror}") from exc
-    if not secret:
-        raise UsageError(f"--secret-file {path} is empty")
-    return secret
+        return read_secret_file(path)
+    except SecretError as exc:
+        raise UsageError(f"--secret-file: {exc}") from exc
+
+
+def _secret_in_environment() -> bool:
+    return bool(os.environ.get(SECRET_ENV) or os.environ.get(SECRET_FILE_ENV))
 
 
 def _demo_secret() -> bytes | None:
     """The demo runs with no secret configured: a random one, and earlier demo output is replaced."""
-    if os.environ.get(SECRET_ENV):
+    if _secret_in_environment():
         return None
     print("demo: no secret configured, using a random one: new UIDs are not reproducible across runs",
           file=sys.stderr)
     for folder in (DEMO_DEST, DEMO_TABLES):
         if folder.exists():
             shutil.rmtree(folder)
-    return secrets.token_bytes(32)
+    return secrets.token_hex(32).encode()  # text, so the embedded cluster's environment can carry it
 
 
 def _locations_and_secret(args: argparse.Namespace) -> bytes | None:
@@ -148,9 +175,9 @@ def _locations_and_secret(args: argparse.Namespace) -> bytes | None:
     if args.tables is None:
         raise UsageError("--tables is required: a private location, outside DEST, for linkage tables")
     secret = _read_secret(args.secret_file)
-    if secret is None and not args.dry_run and not os.environ.get(SECRET_ENV):
-        raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} (keep it: the same "
-                         "secret gives the same new UIDs in later runs)")
+    if secret is None and not args.dry_run and not _secret_in_environment():
+        raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} or {SECRET_FILE_ENV} (keep "
+                         "it: the same secret gives the same new UIDs in later runs)")
     return secret
 
 
@@ -162,8 +189,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_unit_objects < 1 or args.max_unit_bytes < 1:
         raise UsageError("--max-unit-objects and --max-unit-bytes must be positive")
     flags = {name: True for name in FLAGS if getattr(args, name)}
-    with _client(args.scheduler) as client:
+    with _client(args) as client:
         result = job.run(args.source, args.dest, args.tables, client=client, secret=secret,
+                         send_secret=args.send_secret, dashboard_address=args.dashboard_address,
                          storage_options=_storage_options(args), dry_run=args.dry_run,
                          max_error_rate=args.max_error_rate, progress=not args.no_progress,
                          max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes, **flags)
@@ -186,9 +214,11 @@ def _scan(args: argparse.Namespace) -> int:
     from .scan import scan
     from .storage import filesystem
     from .tables import write_table
+    from .workers import check_workers
 
     options = _storage_options(args)
-    with _client(args.scheduler) as given, cluster(given) as client:
+    with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address) as client:
+        check_workers(client, None)
         inventory = scan(list_objects(args.source, options, client=client), options, client=client)
     fs, path = filesystem(args.out, options)
     write_table(fs, path, inventory)

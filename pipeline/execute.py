@@ -21,6 +21,7 @@ from pydicom.datadict import keyword_for_tag
 
 from .deid import DeidError, Profile
 from .deid.stream import deidentify_bytes
+from .secret import SecretError, worker_key
 from .storage import filesystem, retry
 from .tables import put_bytes, write_part
 
@@ -35,12 +36,13 @@ _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 @dataclass(frozen=True)
 class Settings:
-    """What every unit needs; the secret and storage options never show in a repr or a log."""
+    """What every unit needs: the secret's keyed fingerprint, never the secret; storage options never
+    show in a repr or a log."""
 
     dest: str
     tables: str
     profile: Profile
-    secret: bytes = field(repr=False)
+    fingerprint: str
     storage_options: dict | None = field(default=None, repr=False)
     io_threads: int = IO_THREADS
     progress_seconds: float = 1.0  # how often a running unit reports how far it got
@@ -119,7 +121,8 @@ def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dic
     yield from window
 
 
-def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tuple[_Outcome, bytes | None]:
+def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
+                key: bytes) -> tuple[_Outcome, bytes | None]:
     """The object's table rows and output bytes; anything wrong with the object becomes a quarantine row."""
     if row.get("duplicate_of"):
         return _quarantine(row, unit_id, "duplicate-sop-instance",
@@ -129,7 +132,7 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings) -> tu
     except Exception as exc:  # gone, forbidden, or still failing after retries
         return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}"), None
     try:
-        result = deidentify_bytes(data, settings.profile, secret=settings.secret)
+        result = deidentify_bytes(data, settings.profile, secret=key)
         out, ds = result.data, result.header  # the output's own values name it and fill the index
     except DeidError as exc:
         return _quarantine(row, unit_id, exc.reason, exc.detail), None
@@ -191,6 +194,7 @@ def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
 
 def run_unit(unit: Unit, settings: Settings) -> dict:
     """De-identify one unit: outputs, then its table parts, then LAST its commit marker; return counts."""
+    key = worker_key(settings.fingerprint)  # this process's own secret, checked against the job's
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
     tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
     rows = sorted(unit.rows, key=lambda r: r["url"])
@@ -205,7 +209,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
         for row, read in _prefetched(pool, rows, settings.storage_options, settings.io_threads):
-            outcome, out = _deidentify(row, read, unit.unit_id, settings)
+            outcome, out = _deidentify(row, read, unit.unit_id, settings, key)
             outcomes.append(outcome)
             source_bytes += row["size"] or 0
             report(len(outcomes), source_bytes)
@@ -309,7 +313,7 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
     topic = f"dicom-deid-progress-{run_token}" if on_partial else None
     tries: Counter = Counter()
     running: dict = {}
-    pending = as_completed()
+    pending = as_completed(loop=client.loop)  # this client's, never the process's default
 
     def submit(unit_id: str) -> None:
         unit = Unit(unit_id, units[unit_id].to_pylist(), topic)
@@ -329,6 +333,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
             unit_id = running.pop(future)
             try:
                 stats = future.result()
+            except SecretError:  # a worker without the job's secret: no retry can help
+                raise
             except Exception as exc:  # a killed worker or a failing destination: try the unit again
                 if tries[unit_id] < attempts:
                     log.warning("unit %s failed (%s); resubmitting", unit_id, type(exc).__name__)

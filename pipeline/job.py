@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -21,6 +19,7 @@ import pyarrow.compute as pc
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
+from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment
 from .storage import filesystem, retry
 from .tables import put_bytes, read_table, write_table
 
@@ -30,6 +29,7 @@ JOB_NAME = "job.json"
 UNITS_PER_THREAD = 8  # enough units that no worker idles while another finishes a long one
 MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
 MIN_UNIT_BYTES = 2**20
+LOCAL_DASHBOARD = "127.0.0.1:0"  # the embedded cluster's dashboard: this machine only, unless asked
 
 
 class JobError(Exception):
@@ -70,16 +70,11 @@ class RunResult:
 
 def resolve_key(secret: str | bytes | None) -> bytes:
     """The secret from the argument or the environment; workers must share it, so never a random one."""
-    if secret is None:
-        secret = os.environ.get(SECRET_ENV)
-    if not secret:
-        raise JobError(f"no de-identification secret: pass secret= (CLI: --secret-file) or set {SECRET_ENV}")
-    return as_key(secret)
-
-
-def _fingerprint(key: bytes) -> str:
-    """Tells two secrets apart without revealing either."""
-    return hmac.new(key, b"dicom-deid/job-fingerprint", hashlib.sha256).hexdigest()[:16]
+    key = as_key(secret) if secret else from_environment()
+    if not key:
+        raise JobError(f"no de-identification secret: pass secret= (CLI: --secret-file) or set {SECRET_ENV} "
+                       f"or {SECRET_FILE_ENV}")
+    return key
 
 
 def _inside(inner: str, outer: str, storage_options: dict | None) -> bool:
@@ -108,19 +103,30 @@ def check_locations(source: str, dest: str, tables: str, storage_options: dict |
         raise JobError("DEST must not be inside SOURCE: outputs would be read back as inputs")
 
 
-def local_cluster(n_workers: int | None = None):
-    """A LocalCluster of one single-threaded worker process per core (de-identification holds the GIL)."""
+def local_cluster(n_workers: int | None = None, key: bytes | None = None,
+                  dashboard_address: str = LOCAL_DASHBOARD):
+    """A LocalCluster of one single-threaded worker process per core (de-identification holds the GIL);
+    its workers get the secret in their environment, never in a task."""
     import dask
     from distributed import LocalCluster
 
     # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
     with dask.config.set({"distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                            dashboard_address=":0", silence_logs=logging.ERROR)
+                            dashboard_address=dashboard_address, silence_logs=logging.ERROR,
+                            host="127.0.0.1", env=_secret_env(key))
+
+
+def _secret_env(key: bytes | None) -> dict[str, str]:
+    if key is None:
+        return {}
+    if b"\0" in key:
+        raise JobError("the secret holds a NUL byte, which no environment variable can carry")
+    return {SECRET_ENV: os.fsdecode(key)}  # the worker's os.fsencode gives back these bytes
 
 
 @contextmanager
-def cluster(client=None) -> Iterator:
+def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCAL_DASHBOARD) -> Iterator:
     """The given client, else the current one, else an embedded LocalCluster closed afterwards."""
     if client is not None:
         yield client
@@ -134,8 +140,26 @@ def cluster(client=None) -> Iterator:
     if current is not None:
         yield current
         return
-    with local_cluster() as local, Client(local) as embedded:
+    with local_cluster(key=key, dashboard_address=dashboard_address) as local, Client(local) as embedded:
         yield embedded
+
+
+@contextmanager
+def _sent_secret(client, key: bytes | None, send: bool) -> Iterator[None]:
+    """With --send-secret, the secret goes to the workers in a plugin, over TLS only, removed afterwards."""
+    if not send or key is None:
+        yield
+        return
+    address = client.scheduler.address
+    if not address.startswith("tls://"):
+        raise JobError(f"--send-secret needs a tls:// scheduler, not {address.split('://')[0]}://: the "
+                       f"secret would cross the network in the clear; give workers {SECRET_ENV} instead")
+    plugin = SendSecret(key)
+    client.register_plugin(plugin, name=plugin.name)
+    try:
+        yield
+    finally:
+        client.unregister_worker_plugin(plugin.name)
 
 
 def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Table:
@@ -250,11 +274,12 @@ def _complete(summary: dict | None, units_total: int) -> bool:
 def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
         secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
-        max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None,
-        **profile_flags: bool) -> RunResult:
+        max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
+        dashboard_address: str = LOCAL_DASHBOARD, **profile_flags: bool) -> RunResult:
     """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
+    from .workers import check_workers
 
     started = time.perf_counter()
     try:
@@ -266,18 +291,19 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     source, dest, tables = absolute(source), absolute(dest), absolute(tables)
     check_locations(source, dest, tables, storage_options)
     key = None if dry_run else resolve_key(secret)
-    with cluster(client) as active:
+    with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
         if progress:
             print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
         if not dry_run:
             _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
-                            "secret_fingerprint": _fingerprint(key)}, storage_options)
+                            "secret_fingerprint": fingerprint(key)}, storage_options)
+        check_workers(active, key and fingerprint(key))
         planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
                           max_unit_bytes=max_unit_bytes, store=not dry_run)
         done = committed_units(tables, storage_options)
         if dry_run:
             return _dry_run(source, dest, tables, planned, done)
-        settings = Settings(dest, tables, profile, key, storage_options)
+        settings = Settings(dest, tables, profile, fingerprint(key), storage_options)
         todo = _remaining(planned, done)
         bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
         callbacks = [c for c in (bars, on_unit) if c]

@@ -223,7 +223,7 @@ def _scan_on_cluster(client, batches: list[pa.Table], storage_options, header_by
         index_of[future.key] = index
         return future
 
-    running = as_completed([submit() for _ in range(min(window, len(todo)))])
+    running = as_completed([submit() for _ in range(min(window, len(todo)))], loop=client.loop)
     for future in running:
         parts[index_of.pop(future.key)] = future.result()
         if todo:

@@ -62,9 +62,12 @@ def s3_bucket(s3_server: dict) -> str:
 def dask_client() -> Iterator:
     """A real two-process LocalCluster client, shared by the whole session."""
     from distributed import Client, LocalCluster
+    from samples import SECRET
 
+    # Workers hold the tests' secret in their own environment, as a deployment gives it to them.
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                     env={"DICOM_DEID_SECRET": SECRET.decode()}) as cluster,
         Client(cluster) as client,
     ):
         yield client

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from samples import SECRET, identifying_strings, poison_objects, study_objects, tree, write_tree
 
 from pipeline.deid import Profile
+from pipeline.deid.keys import SECRET_ENV
 from pipeline.execute import Settings, Unit, duplicates, run_unit, run_units
+from pipeline.secret import fingerprint
 from pipeline.tables import INDEX_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, UID_MAP_SCHEMA
+
+
+@pytest.fixture(autouse=True)
+def _own_secret(monkeypatch):
+    """Units run in this process too, which reads its secret from its own environment, like a worker."""
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
 
 
 def _rows(root: Path, names) -> list[dict]:
@@ -20,7 +29,8 @@ def _rows(root: Path, names) -> list[dict]:
 
 
 def _settings(tmp_path: Path, name: str = "run") -> Settings:
-    return Settings(str(tmp_path / name / "dest"), str(tmp_path / name / "tables"), Profile(), SECRET)
+    return Settings(str(tmp_path / name / "dest"), str(tmp_path / name / "tables"), Profile(),
+                    fingerprint(SECRET))
 
 
 def _part(settings: Settings, table: str, unit_id: str, schema: pa.Schema) -> pa.Table:
@@ -90,7 +100,8 @@ def test_a_second_copy_of_an_object_is_quarantined_not_overwritten():
 
 
 def test_reprs_name_no_secret_no_object():
-    settings = Settings("d", "t", Profile(), SECRET, storage_options={"secret": "aws-secret-key"})
+    settings = Settings("d", "t", Profile(), fingerprint(SECRET),
+                        storage_options={"secret": "aws-secret-key"})
     unit = Unit("u-x", [{"url": "file:///data/Doe^Janet/1.dcm", "size": 1, "duplicate_of": None}])
     assert SECRET.decode() not in repr(settings) and "aws-secret-key" not in repr(settings)
     assert "Doe" not in repr(unit) and "u-x" in repr(unit)
@@ -118,7 +129,7 @@ def test_running_units_report_progress_to_the_driver(tmp_path, dask_client):
     write_tree(tmp_path / "src", files)
     plan = pa.Table.from_pylist([{**row, "unit_id": "u-only", "sop_uid": None}
                                  for row in _rows(tmp_path / "src", sorted(files))])
-    settings = Settings(str(tmp_path / "dest"), str(tmp_path / "tables"), Profile(), SECRET,
+    settings = Settings(str(tmp_path / "dest"), str(tmp_path / "tables"), Profile(), fingerprint(SECRET),
                         progress_seconds=0)
     reports = []
     run_units(dask_client, plan, settings, on_partial=reports.append)
