@@ -38,7 +38,9 @@ def probe(fingerprint: str | None) -> dict:
 
 def _problem(address: str, answer, mine: dict[str, str]) -> str | None:
     if isinstance(answer, BaseException):  # unpickling `probe` failed: the project is not importable there
-        return (f"worker {address} cannot run dicom-deid ({type(answer).__name__}: {answer}); install "
+        # Dask wraps an error it cannot send back as Exception(repr of the error).
+        why = answer.args[0] if type(answer) is Exception and answer.args else repr(answer)
+        return (f"worker {address} cannot run dicom-deid ({why}); install "
                 f"dicom-deid {mine['version']} in the workers' environment")
     if (answer["version"], answer["code"]) != (mine["version"], mine["code"]):
         return (f"worker {address} runs dicom-deid {answer['version']} (code {answer['code']}) but the "

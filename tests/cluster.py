@@ -72,7 +72,8 @@ def dask_processes(folder: Path, worker_env: dict[str, str], *, nworkers: int = 
             started.append(subprocess.Popen(
                 _dask("worker", "--scheduler-file", str(scheduler_file), "--nworkers", str(nworkers),
                       "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", *security),
-                env={**base_env, **worker_env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder))
+                env={**base_env, **worker_env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=folder))
         yield Processes(address, logs)
     finally:
         for process in reversed(started):
