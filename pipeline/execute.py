@@ -21,6 +21,7 @@ from pydicom.datadict import keyword_for_tag
 
 from .deid import DeidError, Profile
 from .deid.stream import deidentify_bytes
+from .outputs import store
 from .secret import SecretError, worker_key
 from .storage import filesystem, retry
 from .tables import put_bytes, write_part
@@ -97,22 +98,21 @@ def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
                                "unit_id": unit_id}, [], None)
 
 
-def _read(row: dict, storage_options: dict | None) -> bytes | None:
-    """The object's bytes (None for a duplicate, which is never read), retrying transient errors."""
-    if row.get("duplicate_of"):
-        return None
+def _read(row: dict, storage_options: dict | None) -> bytes:
+    """The object's bytes, retrying transient errors."""
     fs, path = filesystem(row["url"], storage_options)
     return retry(fs.cat_file, path)
 
 
 def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dict | None,
-                ahead: int) -> Iterator[tuple[dict, Future]]:
+                ahead: int) -> Iterator[tuple[dict, Future | None]]:
     """Rows in order with their reads, up to `ahead` reads (and IN_FLIGHT_BYTES) in flight so that storage
-    latency overlaps the work."""
-    window: deque[tuple[dict, Future]] = deque()
+    latency overlaps the work; duplicates are not read ahead, since most are never read."""
+    window: deque[tuple[dict, Future | None]] = deque()
     held = 0
     for row in rows:
-        window.append((row, pool.submit(_read, row, storage_options)))
+        duplicate = bool(row.get("duplicate_of"))
+        window.append((row, None if duplicate else pool.submit(_read, row, storage_options)))
         held += row["size"] or 0
         while len(window) > ahead or (len(window) > 1 and held > IN_FLIGHT_BYTES):
             oldest = window.popleft()
@@ -124,9 +124,6 @@ def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dic
 def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
                 key: bytes) -> tuple[_Outcome, bytes | None]:
     """The object's table rows and output bytes; anything wrong with the object becomes a quarantine row."""
-    if row.get("duplicate_of"):
-        return _quarantine(row, unit_id, "duplicate-sop-instance",
-                           f"same SOP Instance UID as {row['duplicate_of']}, which is kept"), None
     try:
         data = read.result()
     except Exception as exc:  # gone, forbidden, or still failing after retries
@@ -157,6 +154,15 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
     manifest = {"source_url": row["url"], "status": "written", "output_key": key, "reason": None,
                 "source_size": row["size"], "output_size": len(out), "unit_id": unit_id}
     return _Outcome(manifest, None, uids, index), out
+
+
+def _duplicate_of_written(row: dict, outcomes: list[_Outcome], unit_id: str) -> _Outcome | None:
+    """A duplicate's quarantine row when its kept copy was written in this unit, else None."""
+    kept = row["duplicate_of"]
+    if any(o.manifest["source_url"] == kept and o.manifest["status"] == "written" for o in outcomes):
+        return _quarantine(row, unit_id, "duplicate-sop-instance",
+                           f"same SOP Instance UID as {kept}, which is kept")
+    return None
 
 
 def _reporter(unit: Unit, every: float) -> Callable[[int, int], None]:
@@ -197,33 +203,49 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     key = worker_key(settings.fingerprint)  # this process's own secret, checked against the job's
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
     tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
-    rows = sorted(unit.rows, key=lambda r: r["url"])
+    rows = sorted(unit.rows, key=lambda r: (bool(r.get("duplicate_of")), r["url"]))  # kept copies first
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     outcomes = []
     source_bytes = 0
     report = _reporter(unit, settings.progress_seconds)
-    writes: deque[tuple[Future, int]] = deque()
+    writes: deque[tuple[Future, int, int]] = deque()  # (write, bytes, outcome number)
     pending = 0  # bytes waiting to be written
+
+    def settle() -> None:
+        nonlocal pending
+        write, size, number = writes.popleft()
+        refused = write.result()  # a failing destination fails the unit, not the object
+        if refused:  # another object holds the output key: this one is quarantined, nothing overwritten
+            outcomes[number] = _quarantine(rows[number], unit.unit_id, *refused)
+        pending -= size
+
     # Reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this thread.
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
         for row, read in _prefetched(pool, rows, settings.storage_options, settings.io_threads):
-            outcome, out = _deidentify(row, read, unit.unit_id, settings, key)
+            out = None
+            if read is None:  # a duplicate by the header scan: its kept copy (sorted first) has settled
+                while writes:
+                    settle()
+                outcome = _duplicate_of_written(row, outcomes, unit.unit_id)
+                if outcome is None:  # its kept copy failed or is in another unit: it may take the place
+                    read = pool.submit(_read, row, settings.storage_options)
+            if read is not None:
+                outcome, out = _deidentify(row, read, unit.unit_id, settings, key)
             outcomes.append(outcome)
             source_bytes += row["size"] or 0
             report(len(outcomes), source_bytes)
             if out is not None:
-                path = f"{dest_path}/{outcome.index['key']}"
-                writes.append((pool.submit(put_bytes, dest_fs, path, out), len(out)))
+                write = pool.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
+                                    row["url"], out)
+                writes.append((write, len(out), len(outcomes) - 1))
                 pending += len(out)
             while writes and (writes[0][0].done() or len(writes) > settings.io_threads
                               or pending > IN_FLIGHT_BYTES):
-                write, size = writes.popleft()
-                write.result()  # a failing destination fails the unit, not the object
-                pending -= size
-        for write, _ in writes:
-            write.result()
+                settle()
+        while writes:
+            settle()
         tables = _unit_tables(outcomes)
         list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
                       tables))
