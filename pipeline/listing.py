@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_plus
 
@@ -79,12 +81,50 @@ def list_prefixes(prefixes: list[str], storage_options: dict | str | None = None
         return pa.concat_tables(list(parts))
 
 
+def _walk_local(fs: AbstractFileSystem, path: str) -> pa.Table:
+    """Every file under a local folder, through symbolic links too, each folder entered once (no loops).
+    A link that leads nowhere is listed, so its read fails and it gets a quarantine row, not silence."""
+    urls: list[str] = []
+    sizes: list[int | None] = []
+    entered: set[tuple[int, int]] = set()
+    skipped = 0
+    for folder, folders, names in os.walk(path, followlinks=True):
+        here = os.stat(folder)
+        entered.add((here.st_dev, here.st_ino))
+        keep = []
+        for name in folders:
+            try:
+                info = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) in entered:
+                skipped += 1
+            else:
+                entered.add((info.st_dev, info.st_ino))
+                keep.append(name)
+        folders[:] = keep  # os.walk enters only these; each marked entered before any is walked
+        for name in names:
+            full = os.path.join(folder, name)
+            try:
+                info = os.stat(full)
+            except OSError:  # a dangling link
+                urls.append(fs.unstrip_protocol(full))
+                sizes.append(None)
+                continue
+            if stat.S_ISREG(info.st_mode):  # not sockets, pipes or devices, which are no objects
+                urls.append(fs.unstrip_protocol(full))
+                sizes.append(info.st_size)
+    if skipped:
+        log.warning("%d linked folders were listed already (a link loop or a second path)", skipped)
+    return _table(urls, sizes)
+
+
 def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Table:
     fs, path = filesystem(source, storage_options)
     fs.invalidate_cache()
     if is_local(source):
         # os.walk is fast and a remote worker may not see this disk: list here.
-        return _files(fs, _find(fs, path))
+        return _walk_local(fs, path)
     found, frontier = split_prefixes(fs, path)
     urls = [fs.unstrip_protocol(p) for p in frontier]
     n_tasks = min(len(urls), SPLIT_TARGET)
