@@ -175,3 +175,15 @@ def test_a_worker_that_cannot_take_part_is_one_line(case, expected, archive, tmp
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "dest").exists()
 
+
+
+def test_the_embedded_dashboard_listens_on_this_machine_only_unless_asked():
+    from pipeline.job import local_cluster
+
+    def bound(cluster) -> set[str]:
+        return {s.getsockname()[0] for s in cluster.scheduler.http_server._sockets.values()}
+
+    with local_cluster(1) as cluster:
+        assert bound(cluster) == {"127.0.0.1"}
+    with local_cluster(1, dashboard_address="0.0.0.0:0") as cluster:
+        assert bound(cluster) == {"0.0.0.0"}
