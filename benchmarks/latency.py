@@ -21,7 +21,7 @@ from pathlib import Path
 import fsspec
 from distributed import Client
 from fsspec.implementations.local import LocalFileSystem
-from workload import make_workload, timed_job
+from workload import SECRET, make_workload, timed_job
 
 from pipeline.job import local_cluster
 
@@ -72,7 +72,7 @@ def register() -> None:
 
 
 def one_worker(source: Path, out: Path, latency: float) -> dict[str, float]:
-    with local_cluster(1) as cluster, Client(cluster) as client:
+    with local_cluster(1, key=SECRET) as cluster, Client(cluster) as client:
         client.run(register)
         return timed_job(client, f"slow://{source}", out, storage_options={"latency": latency})
 

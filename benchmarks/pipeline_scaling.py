@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from distributed import Client
-from workload import engine_once, make_workload, timed_job
+from workload import SECRET, engine_once, make_workload, timed_job
 
 from pipeline.job import local_cluster
 
@@ -52,7 +52,7 @@ def machine_parallelism() -> float:
 
 
 def on_cluster(workers: int, source: Path, out: Path) -> dict[str, float]:
-    with local_cluster(workers) as cluster, Client(cluster) as client:
+    with local_cluster(workers, key=SECRET) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("pipeline.execute"))  # imports are start-up, not throughput
         return timed_job(client, str(source), out)
 

@@ -14,6 +14,7 @@ from pipeline.deid.stream import deidentify_bytes
 from pipeline.execute import Settings, run_units
 from pipeline.finalize import finalize
 from pipeline.job import prepare
+from pipeline.secret import fingerprint
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 SECRET = b"benchmark-secret"
@@ -66,7 +67,8 @@ def timed_job(client, source: str, out: Path, storage_options: dict | None = Non
     planned = prepare(source, tables, client, storage_options, max_unit_objects=max_unit_objects,
                       max_unit_bytes=2**31)
     prepared = time.perf_counter()
-    progress = run_units(client, planned, Settings(dest, tables, Profile(), SECRET, storage_options))
+    settings = Settings(dest, tables, Profile(), fingerprint(SECRET), storage_options)
+    progress = run_units(client, planned, settings)
     ran = time.perf_counter()
     finalize(tables, dest, storage_options, run={
         "source": source, "elapsed": ran - start, "units_total": progress.units_total,
