@@ -9,6 +9,7 @@ import sys
 import weakref
 from pathlib import Path
 
+import dask
 import distributed.client
 import distributed.comm.tcp
 import pytest
@@ -134,6 +135,13 @@ def test_send_secret_over_tls_and_never_over_tcp(archive, remote, embedded, tmp_
                      "--send-secret"])
         assert code == 0, capsys.readouterr().err
         assert sent.holds(SECRET)  # sent, as asked, inside TLS: this also shows `Sent` sees what is sent
+        capsys.readouterr()
+        config = {"distributed.comm.tls.ca-file": tls["ca"], "distributed.comm.tls.client.cert": tls["cert"],
+                  "distributed.comm.tls.client.key": tls["key"]}
+        with dask.config.set(config):  # no flags: the TLS files come from the Dask configuration
+            code = main(["run", str(archive / "src"), str(tmp_path / "dry" / "dest"), "--tables",
+                         str(tmp_path / "dry" / "tables"), "--scheduler", processes.address, "--dry-run"])
+        assert code == 0 and "dry run: 13 objects" in capsys.readouterr().out
     assert _dicom(tmp_path / "tls-run" / "dest") == embedded
 
 
