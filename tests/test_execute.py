@@ -13,7 +13,7 @@ from samples import SECRET, identifying_strings, poison_objects, study_objects, 
 from pipeline.deid import Profile
 from pipeline.deid.keys import SECRET_ENV
 from pipeline.execute import Settings, Unit, duplicates, run_unit, run_units
-from pipeline.secret import fingerprint
+from pipeline.secret import SecretError, fingerprint
 from pipeline.tables import INDEX_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, UID_MAP_SCHEMA
 
 
@@ -135,3 +135,14 @@ def test_running_units_report_progress_to_the_driver(tmp_path, dask_client):
     run_units(dask_client, plan, settings, on_partial=reports.append)
     counts = [r["objects"] for r in reports if r["unit_id"] == "u-only"]
     assert len(counts) >= 3 and counts == sorted(counts) and counts[-1] <= 6
+
+
+def test_a_unit_on_a_worker_with_another_secret_stops_the_run_at_once(tmp_path, dask_client):
+    files = study_objects(1, 2, seed="other-secret")
+    write_tree(tmp_path / "src", files)
+    rows = _rows(tmp_path / "src", sorted(files))
+    plan = pa.Table.from_pylist([{**row, "unit_id": "u-1", "sop_uid": None} for row in rows])
+    settings = Settings(str(tmp_path / "dest"), str(tmp_path / "tables"), Profile(), fingerprint(b"another"))
+    with pytest.raises(SecretError, match="^worker tcp://.* holds another de-identification secret"):
+        run_units(dask_client, plan, settings)
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "tables").exists()
