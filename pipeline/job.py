@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,10 @@ from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
 from .storage import filesystem, retry
-from .tables import put_bytes, read_table, write_table
+from .tables import put_bytes
+
+if TYPE_CHECKING:
+    from .ingest import Work
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ JOB_NAME = "job.json"
 UNITS_PER_THREAD = 8  # enough units that no worker idles while another finishes a long one
 MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
 MIN_UNIT_BYTES = 2**20
+SHARD_THREADS = 4  # shards size units as if each had this many threads: alike on every shard's machine
 
 
 class JobError(Exception):
@@ -138,16 +143,6 @@ def cluster(client=None) -> Iterator:
         yield embedded
 
 
-def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Table:
-    """A stage's table, read back when an earlier run stored it, else computed (and stored)."""
-    if retry(fs.exists, path):
-        return read_table(fs, path)
-    table = compute()
-    if store:
-        write_table(fs, path, table)
-    return table
-
-
 def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJECTS) -> int:
     """A unit's share of `total` (objects or bytes): several units per worker thread, never above `limit`."""
     spread = math.ceil(total / (UNITS_PER_THREAD * max(threads, 1)))
@@ -155,25 +150,17 @@ def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJ
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
-            max_unit_bytes: int, store: bool = True) -> pa.Table:
-    """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
-    from .listing import list_objects
-    from .plan import plan
-    from .scan import scan
+            max_unit_bytes: int, store: bool = True, threads: int | None = None) -> Work:
+    """Stages 1-3: list SOURCE, then scan and plan only what is new or changed since the last run.
 
-    fs, path = filesystem(tables, storage_options)
-    listing = _stage(fs, f"{path}/listing.parquet",
-                     lambda: list_objects(source, storage_options, client=client), store)
-    log.info("listed %d objects", listing.num_rows)
-    inventory = _stage(fs, f"{path}/inventory.parquet",
-                       lambda: scan(listing, storage_options, client=client), store)
-    threads = sum(client.nthreads().values())
-    unit_objects = unit_size(inventory.num_rows, max_unit_objects, threads)
-    unit_bytes = unit_size(pc.sum(inventory["size"]).as_py() or 0, max_unit_bytes, threads, MIN_UNIT_BYTES)
-    planned = _stage(fs, f"{path}/plan.parquet",
-                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes), store)
-    log.info("planned %d units", len(pc.unique(planned["unit_id"])))
-    return planned
+    Units are sized for `threads` worker threads (default: the client's), so shards, whose clusters may
+    differ, pass a number of their own that every shard computes alike."""
+    from .ingest import prepare as ingest
+
+    threads = threads or sum(client.nthreads().values())
+    return ingest(source, tables, client, storage_options, store=store,
+                  unit_objects=lambda n: unit_size(n, max_unit_objects, threads),
+                  unit_bytes=lambda b: unit_size(b, max_unit_bytes, threads, MIN_UNIT_BYTES))
 
 
 def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
@@ -229,32 +216,72 @@ def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
     return planned.filter(pc.invert(committed))
 
 
-def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[str]) -> RunResult:
+def changes_line(counts: dict) -> str:
+    """The listing against the previous run's, in one line."""
+    return (f"SOURCE since the last run: {counts['new']} new, {counts['changed']} changed, "
+            f"{counts['unchanged']} unchanged, {counts['gone']} gone")
+
+
+def _dry_run(source: str, dest: str, tables: str, work: Work, done: set[str]) -> RunResult:
+    planned = work.pending
     units = pc.unique(planned["unit_id"])
     todo = _remaining(planned, done)
-    unreadable = pc.sum(pc.is_valid(planned["error"])).as_py() or 0
-    report = (f"dry run: {planned.num_rows} objects ({pc.sum(planned['size']).as_py() or 0} bytes) in "
-              f"{len(units)} units; {len(units) - len(pc.unique(todo['unit_id']))} units already committed; "
-              f"{todo.num_rows} objects would be processed; {unreadable} headers did not parse "
+    unreadable = pc.sum(pc.is_valid(todo["error"])).as_py() or 0
+    listed = sum(work.counts[k] for k in ("new", "changed", "unchanged"))
+    report = (f"dry run: {changes_line(work.counts)}\n"
+              f"{todo.num_rows} objects would be processed ({pc.sum(todo['size']).as_py() or 0} bytes) in "
+              f"{len(pc.unique(todo['unit_id']))} units; {unreadable} headers did not parse "
               f"(they will be re-read and quarantined if still unreadable)")
-    return RunResult(source, dest, tables, objects=planned.num_rows, units_total=len(units),
+    return RunResult(source, dest, tables, objects=listed, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
 
 
-def _complete(summary: dict | None, units_total: int) -> bool:
-    """True when an earlier finalize already covered every unit of the plan."""
-    return bool(summary) and summary["units_done"] == units_total and not summary["failed_units"]
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` with 0 <= I < N: shard I of N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise JobError(f"--shard takes I/N (0-based I), not {text!r}") from None
+    if not 0 <= index < count:
+        raise JobError(f"--shard {text}: I must be between 0 and N-1")
+    return index, count
+
+
+def source_still_there(source: str, storage_options: dict | None) -> None:
+    """Stop, before anything is committed in its name, when SOURCE itself went away during the run."""
+    fs, path = filesystem(source, storage_options)
+    fs.invalidate_cache()
+    if not retry(fs.exists, path):
+        raise JobError(f"SOURCE {source} vanished during the run; run again once it is back")
+
+
+def _shard_done(tables: str, shard: tuple[int, int], outcome, elapsed: float,
+                storage_options: dict | None) -> str:
+    """Record what this shard did, for finalize; the report a person reads."""
+    from .runs import SHARDS_FOLDER
+
+    fs, path = filesystem(tables, storage_options)
+    facts = {"shard": shard[0], "of": shard[1], "elapsed": elapsed, "failed_units": outcome.failed_units,
+             **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped", "objects",
+                                                 "source_bytes")}}
+    put_bytes(fs, f"{path}/{SHARDS_FOLDER}/{shard[0]}-of-{shard[1]}.json", json.dumps(facts).encode())
+    return (f"shard {shard[0]}/{shard[1]}: {outcome.units_run} units run ({outcome.objects} objects), "
+            f"{outcome.units_skipped} already committed, {len(outcome.failed_units)} failed\n"
+            f"when every shard is done: dicom-deid finalize --tables {tables}")
 
 
 def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
         secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None,
-        **profile_flags: bool) -> RunResult:
-    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
+        shard: tuple[int, int] | None = None, **profile_flags: bool) -> RunResult:
+    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
+    an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
+    units and leave finalizing to `finalize_job` once every shard is done."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
+    from .ingest import shard_of
 
     started = time.perf_counter()
     try:
@@ -272,11 +299,16 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         if not dry_run:
             _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
                             "secret_fingerprint": _fingerprint(key)}, storage_options)
-        planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
-                          max_unit_bytes=max_unit_bytes, store=not dry_run)
+        work = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
+                       max_unit_bytes=max_unit_bytes, store=not dry_run,
+                       threads=SHARD_THREADS * shard[1] if shard else None)
         done = committed_units(tables, storage_options)
         if dry_run:
-            return _dry_run(source, dest, tables, planned, done)
+            return _dry_run(source, dest, tables, work, done)
+        planned = work.pending
+        if shard:
+            mine = [shard_of(unit, shard[1]) == shard[0] for unit in planned["unit_id"].to_pylist()]
+            planned = planned.filter(pa.array(mine, pa.bool_()))
         settings = Settings(dest, tables, profile, key, storage_options)
         todo = _remaining(planned, done)
         bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
@@ -292,18 +324,31 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         finally:
             if bars:
                 bars.close()
+    if outcome.objects:
+        source_still_there(source, storage_options)
+    if shard:
+        report = _shard_done(tables, shard, outcome, time.perf_counter() - started, storage_options)
+        return RunResult(source, dest, tables, objects=outcome.objects, written=outcome.written,
+                         quarantined=outcome.quarantined, source_bytes=outcome.source_bytes,
+                         output_bytes=outcome.output_bytes, units_total=outcome.units_total,
+                         units_run=outcome.units_run, units_skipped=outcome.units_skipped,
+                         failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
+                         quarantine_reasons=dict(outcome.reasons), max_error_rate=max_error_rate,
+                         report=f"{changes_line(work.counts)}\n{report}")
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
-    if outcome.units_run or outcome.failed_units or not _complete(summary, outcome.units_total):
+    settled = summary and all(run.closed for run in work.runs) and not outcome.units_run
+    if work.created or outcome.failed_units or not settled:
         report = ""
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
-                     **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
-                                                         "failed_units", "objects", "source_bytes")}}
+                     **{k: getattr(outcome, k) for k in ("units_run", "failed_units", "objects",
+                                                         "source_bytes")}}
         summary = finalize(tables, dest, storage_options, run=run_facts)
     return RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
-        output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
-        units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
-        elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
-        max_error_rate=max_error_rate, report=report + describe(summary))
+        output_bytes=summary["output_bytes"], units_total=summary["units_total"], units_run=outcome.units_run,
+        units_skipped=summary["units_total"] - outcome.units_run - len(outcome.failed_units),
+        failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
+        quarantine_reasons=summary["quarantine_reasons"], max_error_rate=max_error_rate,
+        report=f"{changes_line(work.counts)}\n{report}{describe(summary)}")

@@ -1,0 +1,170 @@
+"""A job's runs: each run's listing and the plan of only what it found new or changed, so reruns never rescan.
+
+TABLES/runs/<n>/run.parquet is one object, written whole: the planned rows (new and changed objects, with
+their inventory columns and unit) first, then the objects gone since run n-1, then the unchanged ones.
+Its schema metadata holds the counts, so a reader fetches only the row groups it needs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .plan import PLAN_SCHEMA
+from .storage import retry
+from .tables import put_bytes
+
+RUNS_FOLDER = "runs"
+RUN_FILE = "run.parquet"
+CLOSED_FILE = "closed"
+SHARDS_FOLDER = "shards"  # TABLES/shards/<i>-of-<n>.json: what each shard of a sharded job did
+_META_KEY = b"dicom-deid-run"
+_ROW_GROUP = 65_536
+CHANGES = ("new", "changed", "gone", "unchanged")
+# The plan's columns, all nullable (only planned rows have a unit), and what the listing and ingestion add.
+RUN_SCHEMA = pa.schema([field.with_nullable(True) for field in PLAN_SCHEMA]
+                       + [pa.field(name, pa.string()) for name in ("version", "duplicate_of", "change")])
+_LISTED = ["url", "size", "version"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One stored run: its number, counts of each kind of change, and whether every unit is committed."""
+
+    number: int
+    counts: dict
+    closed: bool
+
+    @property
+    def planned(self) -> int:
+        return self.counts["new"] + self.counts["changed"]
+
+
+def run_folder(tables_path: str, number: int) -> str:
+    return f"{tables_path}/{RUNS_FOLDER}/{number:06d}"
+
+
+def stored_runs(fs, tables_path: str) -> list[RunInfo]:
+    """The runs whose run file exists, oldest first (a run killed before writing it never happened)."""
+    folder = f"{tables_path}/{RUNS_FOLDER}"
+    fs.invalidate_cache(folder)
+    if not retry(fs.exists, folder):
+        return []
+    files = retry(fs.find, folder)
+    names = {p.rsplit("/", 2)[-2]: set() for p in files}
+    for p in files:
+        names[p.rsplit("/", 2)[-2]].add(p.rsplit("/", 1)[-1])
+    found = []
+    for name in sorted(n for n, members in names.items() if RUN_FILE in members and n.isdigit()):
+        path = f"{folder}/{name}/{RUN_FILE}"
+        with fs.open(path, "rb") as f:
+            counts = json.loads(pq.read_schema(f).metadata[_META_KEY])
+        found.append(RunInfo(int(name), counts, CLOSED_FILE in names[name]))
+    return found
+
+
+def _read(fs, tables_path: str, run: RunInfo, columns: list[str], rows: slice) -> pa.Table:
+    """Only the row groups holding rows[start:stop] of a run file."""
+    with fs.open(f"{run_folder(tables_path, run.number)}/{RUN_FILE}", "rb") as f:
+        parquet = pq.ParquetFile(f)
+        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+        ends = np.cumsum([0, *sizes])
+        groups = [i for i in range(len(sizes)) if ends[i] < rows.stop and ends[i + 1] > rows.start]
+        table = parquet.read_row_groups(groups, columns=columns) if groups else \
+            RUN_SCHEMA.empty_table().select(columns)
+    first = int(ends[groups[0]]) if groups else 0
+    return table.slice(rows.start - first, rows.stop - rows.start)
+
+
+def planned_rows(fs, tables_path: str, run: RunInfo, columns: list[str] | None = None) -> pa.Table:
+    """The run's plan: its new and changed objects with their units."""
+    return _read(fs, tables_path, run, columns or RUN_SCHEMA.names, slice(0, run.planned))
+
+
+def listed(fs, tables_path: str, run: RunInfo) -> pa.Table:
+    """What the run listed in SOURCE (url, size, version): every row but the gone ones."""
+    counts = run.counts
+    planned = planned_rows(fs, tables_path, run, _LISTED)
+    rest = _read(fs, tables_path, run, _LISTED, slice(run.planned + counts["gone"],
+                                                       run.planned + counts["gone"] + counts["unchanged"]))
+    return pa.concat_tables([planned, rest])
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A new listing against the last run's: the rows to scan and plan, and what each kind counts."""
+
+    todo: pa.Table  # url, size, version, change (new or changed)
+    gone: pa.Table  # url, size, version of objects no longer listed
+    unchanged: pa.Table
+    counts: dict
+
+
+def compare(listing: pa.Table, previous: pa.Table | None) -> Changes:
+    """New, changed (other size or version), unchanged and gone objects: one hash join, no object read."""
+    listing = listing.select(_LISTED)
+    if previous is None or previous.num_rows == 0:
+        todo = listing.append_column("change", pa.array(["new"] * listing.num_rows, pa.string()))
+        empty = listing.schema.empty_table()
+        return Changes(todo, empty, empty, {"new": listing.num_rows, "changed": 0, "gone": 0, "unchanged": 0})
+    before = previous.select(_LISTED).rename_columns(["url", "size_before", "version_before"])
+    before = before.append_column("known", pa.array(np.ones(before.num_rows, dtype=bool)))
+    joined = listing.join(before, keys="url", join_type="left outer")
+    known = pc.fill_null(joined["known"], False)
+    other_size = pc.not_equal(pc.fill_null(joined["size"], -1), pc.fill_null(joined["size_before"], -1))
+    other_version = pc.not_equal(pc.fill_null(joined["version"], ""),
+                                 pc.fill_null(joined["version_before"], ""))
+    changed = pc.and_(known, pc.or_(other_size, other_version))
+    joined = joined.select(_LISTED)
+    change = pc.if_else(known, pc.if_else(changed, "changed", "unchanged"), "new")
+    labelled = joined.append_column("change", change)
+    todo = labelled.filter(pc.not_equal(change, "unchanged")).sort_by("url")
+    unchanged = joined.filter(pc.equal(change, "unchanged")).sort_by("url")
+    gone = previous.select(_LISTED).filter(pc.invert(pc.is_in(previous["url"], value_set=listing["url"])))
+    counts = {"new": pc.sum(pc.equal(todo["change"], "new")).as_py() or 0,
+              "changed": pc.sum(pc.equal(todo["change"], "changed")).as_py() or 0,
+              "gone": gone.num_rows, "unchanged": unchanged.num_rows}
+    return Changes(todo, gone.sort_by("url"), unchanged, counts)
+
+
+def _padded(table: pa.Table, change: str | None) -> pa.Table:
+    """Rows in the run file's schema, columns they lack left null."""
+    columns = {}
+    for field in RUN_SCHEMA:
+        if field.name in table.column_names:
+            columns[field.name] = table[field.name].cast(field.type)
+        elif field.name == "change" and change is not None:
+            columns[field.name] = pa.array([change] * table.num_rows, pa.string())
+        else:
+            columns[field.name] = pa.nulls(table.num_rows, field.type)
+    return pa.table(columns, schema=RUN_SCHEMA)
+
+
+def write_run(fs, tables_path: str, number: int, planned: pa.Table, changes: Changes) -> None:
+    """Store the run as one object: planned rows, then gone, then unchanged (so readers skip what they need
+    not read)."""
+    counts = {**changes.counts, "run": number}
+    table = pa.concat_tables([_padded(planned, None), _padded(changes.gone, "gone"),
+                              _padded(changes.unchanged, "unchanged")])
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(counts, sort_keys=True).encode()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=_ROW_GROUP)
+    put_bytes(fs, f"{run_folder(tables_path, number)}/{RUN_FILE}", buffer.getvalue())
+
+
+def close_run(fs, tables_path: str, number: int) -> None:
+    """Mark a run whose units are all committed, so later runs never read its plan again."""
+    put_bytes(fs, f"{run_folder(tables_path, number)}/{CLOSED_FILE}", b"")
+
+
+def unit_ids(planned: pa.Table, number: int) -> pa.Array:
+    """Run 1 keeps the plan's ids; later runs prefix theirs, so a unit of changed objects never takes the id
+    of one already committed with the same members."""
+    ids = planned["unit_id"]
+    return ids if number == 1 else pc.binary_join_element_wise(f"r{number}-", ids, "")
