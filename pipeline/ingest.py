@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -69,10 +70,11 @@ def _plan_changes(fs, path: str, runs: list[RunInfo], number: int, changes, stor
     return planned.append_column("duplicate_of", copies)
 
 
-def prepare(source: str, tables: str, client, storage_options: dict | None, *, unit_objects,
-            unit_bytes, store: bool = True) -> Work:
-    """List SOURCE; when anything is new, changed or gone, plan it as a new run (stored unless `store` is
-    False); return the rows of every open run. `unit_objects(n)` and `unit_bytes(b)` size the units."""
+def prepare(source: str, tables: str, client, storage_options: dict | None, *, unit_objects: Callable,
+            unit_bytes: Callable, before_write: Callable[[], None] | None) -> Work:
+    """List SOURCE; when anything is new, changed or gone, plan it as a new run, stored after calling
+    `before_write` (None: a dry run, nothing stored); return the rows of every open run.
+    `unit_objects(n)` and `unit_bytes(b)` size the units."""
     fs, path = filesystem(tables, storage_options)
     runs = stored_runs(fs, path)
     listing = list_objects(source, storage_options, client=client)
@@ -87,9 +89,10 @@ def prepare(source: str, tables: str, client, storage_options: dict | None, *, u
                                 unit_objects=unit_objects(changes.todo.num_rows),
                                 unit_bytes=unit_bytes(sizes))
         source_still_there(source, storage_options)
-        if store:
+        if before_write is not None:
+            before_write()
             write_run(fs, path, created, planned, changes)
-            # Read back: when shards race to write one run, the stored one is the plan every shard follows.
+            # Read back: when shards race to write one run, the stored one is the plan all follow.
             runs = stored_runs(fs, path)
         else:
             fresh.append(planned.select(RUN_SCHEMA.names))

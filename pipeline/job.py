@@ -150,30 +150,36 @@ def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJ
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
-            max_unit_bytes: int, store: bool = True, threads: int | None = None) -> Work:
+            max_unit_bytes: int, before_write: Callable[[], None] | None = lambda: None,
+            threads: int | None = None) -> Work:
     """Stages 1-3: list SOURCE, then scan and plan only what is new or changed since the last run.
 
     Units are sized for `threads` worker threads (default: the client's), so shards, whose clusters may
-    differ, pass a number of their own that every shard computes alike."""
+    differ, pass a number of their own that every shard computes alike. `before_write` is called before
+    the new run is stored; None stores nothing (a dry run)."""
     from .ingest import prepare as ingest
 
     threads = threads or sum(client.nthreads().values())
-    return ingest(source, tables, client, storage_options, store=store,
+    return ingest(source, tables, client, storage_options, before_write=before_write,
                   unit_objects=lambda n: unit_size(n, max_unit_objects, threads),
                   unit_bytes=lambda b: unit_size(b, max_unit_bytes, threads, MIN_UNIT_BYTES))
 
 
-def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
-    """Record which job TABLES belongs to; refuse to resume a different one there."""
+def _claim(tables: str, identity: dict, storage_options: dict | None) -> Callable[[], None]:
+    """Refuse to resume a different job in TABLES; return what records this job there, called only just
+    before the job first writes (a run that fails earlier leaves TABLES as it was)."""
     fs, path = filesystem(tables, storage_options)
     job_path = f"{path}/{JOB_NAME}"
     if retry(fs.exists, job_path):
         if json.loads(retry(fs.cat_file, job_path)) != identity:
             raise JobError("the tables location holds a different job (other source, DEST, profile or "
                            "secret); use a new --tables location")
-        return
-    retry(fs.makedirs, path, exist_ok=True)
-    put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
+        return lambda: None
+
+    def record() -> None:
+        retry(fs.makedirs, path, exist_ok=True)
+        put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
+    return record
 
 
 class _Bars:
@@ -256,6 +262,15 @@ def source_still_there(source: str, storage_options: dict | None) -> None:
         raise JobError(f"SOURCE {source} vanished during the run; run again once it is back")
 
 
+def _uncommit(tables: str, units: list[str], storage_options: dict | None) -> None:
+    """Remove the commit markers of units that ran while SOURCE was gone: they run again next time."""
+    from .execute import marker_path
+
+    fs, path = filesystem(tables, storage_options)
+    for unit in units:
+        retry(fs.rm, marker_path(path, unit))
+
+
 def _shard_done(tables: str, shard: tuple[int, int], outcome, elapsed: float,
                 storage_options: dict | None) -> str:
     """Record what this shard did, for finalize; the report a person reads."""
@@ -296,11 +311,11 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     with cluster(client) as active:
         if progress:
             print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
-        if not dry_run:
-            _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
-                            "secret_fingerprint": _fingerprint(key)}, storage_options)
+        identity = {"source": source, "dest": dest, "profile": asdict(profile),
+                    "secret_fingerprint": None if dry_run else _fingerprint(key)}
+        record = None if dry_run else _claim(tables, identity, storage_options)
         work = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
-                       max_unit_bytes=max_unit_bytes, store=not dry_run,
+                       max_unit_bytes=max_unit_bytes, before_write=record,
                        threads=SHARD_THREADS * shard[1] if shard else None)
         done = committed_units(tables, storage_options)
         if dry_run:
@@ -312,9 +327,12 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         settings = Settings(dest, tables, profile, key, storage_options)
         todo = _remaining(planned, done)
         bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
+        unread: list[str] = []  # units of this run that could not read some object
         callbacks = [c for c in (bars, on_unit) if c]
 
         def unit_finished(stats: dict) -> None:
+            if "read-error" in stats["reasons"]:
+                unread.append(stats["unit_id"])
             for callback in callbacks:
                 callback(stats)
 
@@ -324,8 +342,12 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         finally:
             if bars:
                 bars.close()
-    if outcome.objects:
-        source_still_there(source, storage_options)
+    if unread:
+        try:
+            source_still_there(source, storage_options)
+        except JobError:
+            _uncommit(tables, unread, storage_options)  # so that the next run reads them again
+            raise
     if shard:
         report = _shard_done(tables, shard, outcome, time.perf_counter() - started, storage_options)
         return RunResult(source, dest, tables, objects=outcome.objects, written=outcome.written,
@@ -335,6 +357,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                          failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
                          quarantine_reasons=dict(outcome.reasons), max_error_rate=max_error_rate,
                          report=f"{changes_line(work.counts)}\n{report}")
+    record()
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
     settled = summary and all(run.closed for run in work.runs) and not outcome.units_run
