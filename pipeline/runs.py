@@ -107,30 +107,26 @@ class Changes:
 
 
 def compare(listing: pa.Table, previous: pa.Table | None) -> Changes:
-    """New, changed (other size or version), unchanged and gone objects: one hash join, no object read."""
-    listing = listing.select(_LISTED)
+    """New, changed (other size or version), unchanged and gone objects: hash lookups, no object read."""
+    listing = listing.select(_LISTED).combine_chunks()
     if previous is None or previous.num_rows == 0:
         todo = listing.append_column("change", pa.array(["new"] * listing.num_rows, pa.string()))
         empty = listing.schema.empty_table()
         return Changes(todo, empty, empty, {"new": listing.num_rows, "changed": 0, "gone": 0, "unchanged": 0})
-    before = previous.select(_LISTED).rename_columns(["url", "size_before", "version_before"])
-    before = before.append_column("known", pa.array(np.ones(before.num_rows, dtype=bool)))
-    joined = listing.join(before, keys="url", join_type="left outer")
-    known = pc.fill_null(joined["known"], False)
-    other_size = pc.not_equal(pc.fill_null(joined["size"], -1), pc.fill_null(joined["size_before"], -1))
-    other_version = pc.not_equal(pc.fill_null(joined["version"], ""),
-                                 pc.fill_null(joined["version_before"], ""))
-    changed = pc.and_(known, pc.or_(other_size, other_version))
-    joined = joined.select(_LISTED)
-    change = pc.if_else(known, pc.if_else(changed, "changed", "unchanged"), "new")
-    labelled = joined.append_column("change", change)
-    todo = labelled.filter(pc.not_equal(change, "unchanged")).sort_by("url")
-    unchanged = joined.filter(pc.equal(change, "unchanged")).sort_by("url")
-    gone = previous.select(_LISTED).filter(pc.invert(pc.is_in(previous["url"], value_set=listing["url"])))
+    previous = previous.select(_LISTED).combine_chunks()
+    at = pc.index_in(listing["url"], value_set=previous["url"])  # a hash lookup; listing order is kept
+    known = pc.is_valid(at)
+    other_size = pc.not_equal(pc.fill_null(listing["size"], -1), pc.fill_null(previous["size"].take(at), -1))
+    other_version = pc.not_equal(pc.fill_null(listing["version"], ""),
+                                 pc.fill_null(previous["version"].take(at), ""))
+    change = pc.if_else(known, pc.if_else(pc.or_(other_size, other_version), "changed", "unchanged"), "new")
+    todo = listing.append_column("change", change).filter(pc.not_equal(change, "unchanged"))
+    unchanged = listing.filter(pc.equal(change, "unchanged"))
+    gone = previous.filter(pc.invert(pc.is_in(previous["url"], value_set=listing["url"])))
     counts = {"new": pc.sum(pc.equal(todo["change"], "new")).as_py() or 0,
               "changed": pc.sum(pc.equal(todo["change"], "changed")).as_py() or 0,
               "gone": gone.num_rows, "unchanged": unchanged.num_rows}
-    return Changes(todo, gone.sort_by("url"), unchanged, counts)
+    return Changes(todo, gone, unchanged, counts)
 
 
 def _padded(table: pa.Table, change: str | None) -> pa.Table:
@@ -150,8 +146,8 @@ def write_run(fs, tables_path: str, number: int, planned: pa.Table, changes: Cha
     """Store the run as one object: planned rows, then gone, then unchanged (so readers skip what they need
     not read)."""
     counts = {**changes.counts, "run": number}
-    table = pa.concat_tables([_padded(planned, None), _padded(changes.gone, "gone"),
-                              _padded(changes.unchanged, "unchanged")])
+    table = pa.concat_tables([_padded(planned, None), _padded(changes.gone.sort_by("url"), "gone"),
+                              _padded(changes.unchanged.sort_by("url"), "unchanged")])
     table = table.replace_schema_metadata({_META_KEY: json.dumps(counts, sort_keys=True).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=_ROW_GROUP)
