@@ -4,14 +4,14 @@ Usage (from the repository root): python -m benchmarks.ingest_scale [--objects 1
 What is measured is everything a run does before its units start, except the store's own work: the listing
 (a table the store hands over) and the header scan of the new objects (synthetic rows for them) stand in
 for requests. The baseline, measured alongside, is sorting the listing by url. Each measurement runs in a
-fresh process; peak memory is what the step added above the listing already in memory.
+fresh process; peak memory is what the step added above the listing already in memory (Linux: the peak
+is reset before the step).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import shutil
 import statistics
 import tempfile
@@ -41,8 +41,9 @@ def _first_run(tables: str, objects: int, studies: int) -> None:
     planned = planned.append_column("change", pa.array(["new"] * planned.num_rows))
     fs, path = filesystem(tables)
     empty = listing.schema.empty_table()
-    write_run(fs, path, 1, planned, Changes(listing, empty, empty, {"new": objects, "changed": 0, "gone": 0,
-                                                                    "unchanged": 0}))
+    todo = listing.append_column("change", pa.array(["new"] * objects))
+    write_run(fs, path, 1, planned, Changes(listing, todo, empty, {"new": objects, "changed": 0, "gone": 0,
+                                                                   "unchanged": 0}))
     close_run(fs, path, 1)
     pq.write_table(listing, f"{tables}/../listing.parquet")
 
@@ -53,9 +54,15 @@ def _new_objects(new: int, seed: int) -> pa.Table:
     return table.set_column(0, "url", pc.binary_join_element_wise(table["url"], ".new", ""))
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def _memory(field: str) -> int:
+    """VmRSS or VmHWM (the peak since the last reset) of this process, in bytes."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # Linux: the peak restarts from the current resident size
 
 
 def _measure(original: str, step: str, new: int, results) -> None:
@@ -69,7 +76,8 @@ def _measure(original: str, step: str, new: int, results) -> None:
     ingest.list_objects = lambda *args, **kw: listing
     ingest.source_still_there = lambda *args: None
     ingest.scan = lambda todo, *args, **kw: added.take(pc.index_in(todo["url"], value_set=added["url"]))
-    before = _rss_bytes()
+    _reset_peak()
+    before = _memory("VmRSS")
     started = time.perf_counter()
     if step == "sort":
         listing.sort_by("url")
@@ -79,7 +87,7 @@ def _measure(original: str, step: str, new: int, results) -> None:
                               unit_bytes=lambda b: 2**31, before_write=lambda: None)
         planned = work.pending.num_rows
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _memory("VmHWM")
     results.put((seconds, max(0, peak - before), planned))
 
 

@@ -37,14 +37,17 @@ def shard_of(unit_id: str, shards: int) -> int:
     return int.from_bytes(hashlib.blake2b(unit_id.encode(), digest_size=8).digest(), "big") % shards
 
 
-def _earlier_copies(fs, path: str, runs: list[RunInfo], planned: pa.Table, keep: pa.Array) -> pa.Array:
+def _earlier_copies(fs, path: str, runs: list[RunInfo], planned: pa.Table) -> pa.Array:
     """For each planned row, the url of an object with the same SOP Instance UID that an earlier run
-    planned, still listed and not processed again; else null (one SOP instance never gets two outputs)."""
+    planned and that is not processed again now; else null. Outputs of gone objects stay in DEST, so they
+    count too: one SOP instance never gets two outputs."""
     columns = ["url", "sop_uid"]
     earlier = pa.concat_tables([RUN_SCHEMA.empty_table().select(columns),
                                 *(planned_rows(fs, path, run, columns) for run in runs)])
-    still = pc.is_in(earlier["url"], value_set=keep)
-    earlier = earlier.filter(pc.and_(pc.is_valid(earlier["sop_uid"]), still))
+    # Small hash tables (this run's objects), probed by the earlier rows: the archive is never hashed.
+    same_sop = pc.is_in(earlier["sop_uid"], value_set=planned["sop_uid"], skip_nulls=True)
+    earlier = earlier.filter(same_sop)
+    earlier = earlier.filter(pc.invert(pc.is_in(earlier["url"], value_set=planned["url"])))
     if not earlier.num_rows or not planned.num_rows:
         return pa.nulls(planned.num_rows, pa.string())
     first = earlier.group_by("sop_uid").aggregate([("url", "min")])
@@ -65,8 +68,7 @@ def _plan_changes(fs, path: str, runs: list[RunInfo], number: int, changes, stor
     column = planned.schema.get_field_index("unit_id")
     planned = planned.set_column(column, "unit_id", unit_ids(planned, number))
     planned = planned.join(todo.select(["url", "version", "change"]), keys="url").sort_by("url")
-    keep = pc.filter(changes.unchanged["url"], pc.is_valid(changes.unchanged["url"]))
-    copies = pc.coalesce(_earlier_copies(fs, path, runs, planned, keep), duplicates(planned))
+    copies = pc.coalesce(_earlier_copies(fs, path, runs, planned), duplicates(planned))
     return planned.append_column("duplicate_of", copies)
 
 

@@ -1,14 +1,16 @@
 """A job's runs: each run's listing and the plan of only what it found new or changed, so reruns never rescan.
 
 TABLES/runs/<n>/run.parquet is one object, written whole: the planned rows (new and changed objects, with
-their inventory columns and unit) first, then the objects gone since run n-1, then the unchanged ones.
-Its schema metadata holds the counts, so a reader fetches only the row groups it needs.
+their inventory columns and unit) first, then the objects gone since run n-1, then the whole listing in
+url order (url, size, version; planned objects again). Its schema metadata holds the counts, so a reader
+fetches only the row groups it needs.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,7 @@ CLOSED_FILE = "closed"
 SHARDS_FOLDER = "shards"  # TABLES/shards/<i>-of-<n>.json: what each shard of a sharded job did
 _META_KEY = b"dicom-deid-run"
 _ROW_GROUP = 65_536
+_READ_THREADS = 16
 CHANGES = ("new", "changed", "gone", "unchanged")
 # The plan's columns, all nullable (only planned rows have a unit), and what the listing and ingestion add.
 RUN_SCHEMA = pa.schema([field.with_nullable(True) for field in PLAN_SCHEMA]
@@ -60,13 +63,15 @@ def stored_runs(fs, tables_path: str) -> list[RunInfo]:
     names = {p.rsplit("/", 2)[-2]: set() for p in files}
     for p in files:
         names[p.rsplit("/", 2)[-2]].add(p.rsplit("/", 1)[-1])
-    found = []
-    for name in sorted(n for n, members in names.items() if RUN_FILE in members and n.isdigit()):
-        path = f"{folder}/{name}/{RUN_FILE}"
-        with fs.open(path, "rb") as f:
-            counts = json.loads(pq.read_schema(f).metadata[_META_KEY])
-        found.append(RunInfo(int(name), counts, CLOSED_FILE in names[name]))
-    return found
+    stored = sorted(n for n, members in names.items() if RUN_FILE in members and n.isdigit())
+
+    def counts(name: str) -> dict:
+        with fs.open(f"{folder}/{name}/{RUN_FILE}", "rb") as f:
+            return json.loads(pq.read_schema(f).metadata[_META_KEY])
+
+    with ThreadPoolExecutor(_READ_THREADS) as pool:  # one footer each: latency is paid once, not per run
+        return [RunInfo(int(name), found, CLOSED_FILE in names[name])
+                for name, found in zip(stored, pool.map(counts, stored), strict=True)]
 
 
 def _read(fs, tables_path: str, run: RunInfo, columns: list[str], rows: slice) -> pa.Table:
@@ -88,45 +93,54 @@ def planned_rows(fs, tables_path: str, run: RunInfo, columns: list[str] | None =
 
 
 def listed(fs, tables_path: str, run: RunInfo) -> pa.Table:
-    """What the run listed in SOURCE (url, size, version): every row but the gone ones."""
-    counts = run.counts
-    planned = planned_rows(fs, tables_path, run, _LISTED)
-    rest = _read(fs, tables_path, run, _LISTED, slice(run.planned + counts["gone"],
-                                                       run.planned + counts["gone"] + counts["unchanged"]))
-    return pa.concat_tables([planned, rest])
+    """What the run listed in SOURCE (url, size, version), in url order."""
+    start = run.planned + run.counts["gone"]
+    return _read(fs, tables_path, run, _LISTED, slice(start, start + run.planned + run.counts["unchanged"]))
 
 
 @dataclass(frozen=True)
 class Changes:
     """A new listing against the last run's: the rows to scan and plan, and what each kind counts."""
 
-    todo: pa.Table  # url, size, version, change (new or changed)
+    listing: pa.Table  # url, size, version of every listed object, in url order
+    todo: pa.Table  # the new and changed ones, with their change
     gone: pa.Table  # url, size, version of objects no longer listed
-    unchanged: pa.Table
     counts: dict
 
 
+def _labels(listing: pa.Table, previous: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Per listed object new / changed / unchanged, and per previous object whether it is gone."""
+    if previous.num_rows == listing.num_rows and previous["url"].equals(listing["url"]):
+        # The usual rerun: the same objects, both in url order; compare in place, nothing to look up.
+        before = previous
+        known = pa.array(np.ones(listing.num_rows, dtype=bool))
+        gone = pa.array(np.zeros(previous.num_rows, dtype=bool))
+    else:
+        at = pc.index_in(listing["url"], value_set=previous["url"])  # one hash table, of the previous urls
+        before = previous.take(at)
+        known = pc.is_valid(at)
+        hit = np.zeros(previous.num_rows, dtype=bool)
+        hit[pc.drop_null(at).to_numpy()] = True
+        gone = pa.array(~hit)
+    other_size = pc.not_equal(pc.fill_null(listing["size"], -1), pc.fill_null(before["size"], -1))
+    other_version = pc.not_equal(pc.fill_null(listing["version"], ""), pc.fill_null(before["version"], ""))
+    change = pc.if_else(known, pc.if_else(pc.or_(other_size, other_version), "changed", "unchanged"), "new")
+    return change, gone
+
+
 def compare(listing: pa.Table, previous: pa.Table | None) -> Changes:
-    """New, changed (other size or version), unchanged and gone objects: hash lookups, no object read."""
+    """New, changed (other size or version), unchanged and gone objects of a listing in url order (as
+    `list_objects` gives it); no object is read."""
     listing = listing.select(_LISTED).combine_chunks()
     if previous is None or previous.num_rows == 0:
-        todo = listing.append_column("change", pa.array(["new"] * listing.num_rows, pa.string()))
-        empty = listing.schema.empty_table()
-        return Changes(todo, empty, empty, {"new": listing.num_rows, "changed": 0, "gone": 0, "unchanged": 0})
-    previous = previous.select(_LISTED).combine_chunks()
-    at = pc.index_in(listing["url"], value_set=previous["url"])  # a hash lookup; listing order is kept
-    known = pc.is_valid(at)
-    other_size = pc.not_equal(pc.fill_null(listing["size"], -1), pc.fill_null(previous["size"].take(at), -1))
-    other_version = pc.not_equal(pc.fill_null(listing["version"], ""),
-                                 pc.fill_null(previous["version"].take(at), ""))
-    change = pc.if_else(known, pc.if_else(pc.or_(other_size, other_version), "changed", "unchanged"), "new")
+        previous = listing.schema.empty_table()
+    change, gone_mask = _labels(listing, previous.select(_LISTED).combine_chunks())
     todo = listing.append_column("change", change).filter(pc.not_equal(change, "unchanged"))
-    unchanged = listing.filter(pc.equal(change, "unchanged"))
-    gone = previous.filter(pc.invert(pc.is_in(previous["url"], value_set=listing["url"])))
-    counts = {"new": pc.sum(pc.equal(todo["change"], "new")).as_py() or 0,
-              "changed": pc.sum(pc.equal(todo["change"], "changed")).as_py() or 0,
-              "gone": gone.num_rows, "unchanged": unchanged.num_rows}
-    return Changes(todo, gone, unchanged, counts)
+    gone = previous.select(_LISTED).filter(gone_mask)
+    new = pc.sum(pc.equal(todo["change"], "new")).as_py() or 0
+    counts = {"new": new, "changed": todo.num_rows - new, "gone": gone.num_rows,
+              "unchanged": listing.num_rows - todo.num_rows}
+    return Changes(listing, todo, gone, counts)
 
 
 def _padded(table: pa.Table, change: str | None) -> pa.Table:
@@ -143,11 +157,11 @@ def _padded(table: pa.Table, change: str | None) -> pa.Table:
 
 
 def write_run(fs, tables_path: str, number: int, planned: pa.Table, changes: Changes) -> None:
-    """Store the run as one object: planned rows, then gone, then unchanged (so readers skip what they need
-    not read)."""
+    """Store the run as one object: planned rows, then gone, then the listing (so readers skip what they
+    need not read)."""
     counts = {**changes.counts, "run": number}
     table = pa.concat_tables([_padded(planned, None), _padded(changes.gone.sort_by("url"), "gone"),
-                              _padded(changes.unchanged.sort_by("url"), "unchanged")])
+                              _padded(changes.listing, "listed")])
     table = table.replace_schema_metadata({_META_KEY: json.dumps(counts, sort_keys=True).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=_ROW_GROUP)
