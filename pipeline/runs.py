@@ -29,6 +29,8 @@ SHARDS_FOLDER = "shards"  # TABLES/shards/<i>-of-<n>.json: what each shard of a 
 _META_KEY = b"dicom-deid-run"
 _ROW_GROUP = 65_536
 _READ_THREADS = 16
+_FEW_VALUES = ["modality", "sop_class_uid", "transfer_syntax_uid", "burned_in_annotation", "error", "unit_id",
+               "change"]
 CHANGES = ("new", "changed", "gone", "unchanged")
 # The plan's columns, all nullable (only planned rows have a unit), and what the listing and ingestion add.
 RUN_SCHEMA = pa.schema([field.with_nullable(True) for field in PLAN_SCHEMA]
@@ -164,7 +166,8 @@ def write_run(fs, tables_path: str, number: int, planned: pa.Table, changes: Cha
                               _padded(changes.listing, "listed")])
     table = table.replace_schema_metadata({_META_KEY: json.dumps(counts, sort_keys=True).encode()})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=_ROW_GROUP)
+    # Urls and UIDs are unique: dictionary-encoding them costs time and saves nothing.
+    pq.write_table(table, buffer, row_group_size=_ROW_GROUP, use_dictionary=_FEW_VALUES)
     put_bytes(fs, f"{run_folder(tables_path, number)}/{RUN_FILE}", buffer.getvalue())
 
 
