@@ -322,8 +322,9 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
             return _dry_run(source, dest, tables, work, done)
         planned = work.pending
         if shard:
-            mine = [shard_of(unit, shard[1]) == shard[0] for unit in planned["unit_id"].to_pylist()]
-            planned = planned.filter(pa.array(mine, pa.bool_()))
+            units = pc.unique(planned["unit_id"]).to_pylist()
+            mine = pa.array([unit for unit in units if shard_of(unit, shard[1]) == shard[0]], pa.string())
+            planned = planned.filter(pc.is_in(planned["unit_id"], value_set=mine))
         settings = Settings(dest, tables, profile, key, storage_options)
         todo = _remaining(planned, done)
         bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
