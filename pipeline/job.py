@@ -349,6 +349,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         except JobError:
             _uncommit(tables, unread, storage_options)  # so that the next run reads them again
             raise
+    record()
     if shard:
         report = _shard_done(tables, shard, outcome, time.perf_counter() - started, storage_options)
         return RunResult(source, dest, tables, objects=outcome.objects, written=outcome.written,
@@ -358,7 +359,6 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                          failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
                          quarantine_reasons=dict(outcome.reasons), max_error_rate=max_error_rate,
                          report=f"{changes_line(work.counts)}\n{report}")
-    record()
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
     settled = summary and all(run.closed for run in work.runs) and not outcome.units_run

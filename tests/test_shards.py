@@ -79,7 +79,8 @@ def test_finalize_names_the_missing_shard_until_it_has_run(tmp_path, dask_client
     write_tree(tmp_path / "src", study_objects(12, 1, seed="missing"))  # a unit per object: 12 units
     args = (str(tmp_path / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"))
     first = pipeline.run(*args, client=dask_client, secret=SECRET, max_unit_objects=1, shard=(1, 2))
-    units = pq.read_table(tmp_path / "tables" / "runs" / "000001" / "run.parquet")["unit_id"].to_pylist()
+    run_file = pq.read_table(tmp_path / "tables" / "runs" / "000001" / "run.parquet")
+    units = set(run_file["unit_id"].drop_null().to_pylist())
     owners = {shard_of(unit, 2) for unit in units}
     assert owners == {0, 1} and first.units_run == sum(shard_of(unit, 2) == 1 for unit in units)
 
@@ -106,3 +107,13 @@ def test_shard_must_be_i_of_n(tmp_path, capsys, monkeypatch):
         assert main(["run", str(tmp_path / "src"), str(tmp_path / "dest"), "--tables", str(tmp_path / "t"),
                      "--shard", bad]) == 2
         assert "--shard" in capsys.readouterr().err
+
+
+def test_shards_of_an_empty_source_finalize_to_zero_objects(tmp_path, dask_client):
+    (tmp_path / "src").mkdir()
+    args = (str(tmp_path / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"))
+    for index in range(2):
+        result = pipeline.run(*args, client=dask_client, secret=SECRET, shard=(index, 2))
+        assert result.ok and result.objects == 0
+    summary = finalize_job(str(tmp_path / "tables"))
+    assert summary["objects"] == 0 and summary["units_total"] == 0
