@@ -232,3 +232,19 @@ def test_a_source_that_vanishes_mid_run_stops_and_leaves_nothing_half_done(tmp_p
     shutil.copytree(kept, src)  # back again: the next run reads what it could not
     result = _run(src, out, dask_client)
     assert result.ok and result.written == 24 and result.quarantined == 0
+
+
+def test_listings_carry_a_version_that_tells_changes(tmp_path, s3_server, s3_bucket):
+    from pipeline.listing import list_objects
+
+    write_tree(tmp_path / "src", {"a.dcm": b"x" * 10})
+    local = list_objects(str(tmp_path / "src"))
+    assert local["version"][0].as_py() == str(os.stat(tmp_path / "src" / "a.dcm").st_mtime)
+    fs = fsspec.filesystem("s3", **s3_server["storage_options"])
+    fs.pipe(f"{s3_bucket}/in/a.dcm", b"x" * 10)
+    first = list_objects(f"s3://{s3_bucket}/in", s3_server["storage_options"])["version"][0].as_py()
+    fs.pipe(f"{s3_bucket}/in/a.dcm", b"y" * 10)
+    second = list_objects(f"s3://{s3_bucket}/in", s3_server["storage_options"])["version"][0].as_py()
+    assert first and second and first != second  # the ETag
+    (tmp_path / "listing.csv").write_text("bucket,key,size,e_tag\nb,k.dcm,10,abc\n")
+    assert list_objects(str(tmp_path / "listing.csv"))["version"].to_pylist() == ["abc"]
