@@ -65,14 +65,13 @@ def timed_job(client, source: str, out: Path, storage_options: dict | None = Non
     dest, tables = str(out / "dest"), str(out / "tables")
     start = time.perf_counter()
     planned = prepare(source, tables, client, storage_options, max_unit_objects=max_unit_objects,
-                      max_unit_bytes=2**31)
+                      max_unit_bytes=2**31).pending
     prepared = time.perf_counter()
     settings = Settings(dest, tables, Profile(), fingerprint(SECRET), storage_options)
     progress = run_units(client, planned, settings)
     ran = time.perf_counter()
     finalize(tables, dest, storage_options, run={
-        "source": source, "elapsed": ran - start, "units_total": progress.units_total,
-        "units_run": progress.units_run, "units_skipped": progress.units_skipped,
+        "source": source, "elapsed": ran - start, "units_run": progress.units_run,
         "failed_units": progress.failed_units, "objects": progress.objects,
         "source_bytes": progress.source_bytes})
     done = time.perf_counter()

@@ -28,9 +28,11 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "check your arguments, storage or credentials", not "the program is broken"."""
     from .job import JobError
+    from .listing import ListingError
     from .secret import SecretError
 
-    found: list[type[BaseException]] = [UsageError, JobError, SecretError, OSError, json.JSONDecodeError]
+    found: list[type[BaseException]] = [UsageError, JobError, ListingError, SecretError, OSError,
+                                        json.JSONDecodeError]
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-unit-objects", type=int, default=1000, metavar="N")
     run.add_argument("--max-unit-bytes", type=int, default=2**31, metavar="N")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--shard", metavar="I/N", help="run only shard I (0-based) of N, with no scheduler "
+                                                    "(array jobs); then `finalize` once all are done")
     profile = run.add_argument_group("profile options (PS3.15 Annex E)")
     for name in FLAGS:
         profile.add_argument(_flag(name), dest=name, action="store_true")
@@ -85,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="what a tables location says about its run")
     status.add_argument("tables")
-    for sub in (run, scan, status):
+    finalize = commands.add_parser("finalize", help="compact the tables of a sharded run once every shard "
+                                                    "is done (else name the missing shards)")
+    finalize.add_argument("--tables", required=True)
+    for sub in (run, scan, status, finalize):
         sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
     for sub in (run, scan):
         _cluster_options(sub)
@@ -189,12 +196,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_unit_objects < 1 or args.max_unit_bytes < 1:
         raise UsageError("--max-unit-objects and --max-unit-bytes must be positive")
     flags = {name: True for name in FLAGS if getattr(args, name)}
+    shard = job.parse_shard(args.shard) if args.shard else None
+    if shard and args.scheduler:
+        raise UsageError("--shard runs its share on its own embedded cluster: leave out --scheduler")
     with _client(args) as client:
         result = job.run(args.source, args.dest, args.tables, client=client, secret=secret,
                          send_secret=args.send_secret, dashboard_address=args.dashboard_address,
                          storage_options=_storage_options(args), dry_run=args.dry_run,
                          max_error_rate=args.max_error_rate, progress=not args.no_progress,
-                         max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes, **flags)
+                         max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes,
+                         shard=shard, **flags)
     print(result.report)
     if demo and not args.dry_run:
         print(f"demo: de-identified files in {DEMO_DEST}/, linkage tables in {DEMO_TABLES}/")
@@ -227,6 +238,18 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finalize(args: argparse.Namespace) -> int:
+    from .finalize import Unfinished, describe, finalize_job
+
+    try:
+        summary = finalize_job(args.tables, _storage_options(args))
+    except Unfinished as exc:
+        print(f"dicom-deid: not finalized: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(describe(summary))
+    return 0 if not summary["failed_units"] else EXIT_FAILED
+
+
 def _status(args: argparse.Namespace) -> int:
     from .status import describe_status, job_status
 
@@ -237,7 +260,7 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicom-deid` console script."""
     args = _parser().parse_args(argv)
-    command = {"run": _run, "scan": _scan, "status": _status}[args.command]
+    command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize}[args.command]
     try:
         return command(args)
     except _user_errors() as exc:

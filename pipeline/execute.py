@@ -278,10 +278,14 @@ def duplicates(plan: pa.Table) -> pa.Array:
 
 def _units(plan: pa.Table) -> dict[str, pa.Table]:
     """The plan's rows split by unit, each unit's rows contiguous."""
-    table = plan.select(["unit_id", "url", "size"]).append_column("duplicate_of", duplicates(plan))
+    # A job's plans carry their own (they also know the objects earlier runs processed).
+    found = plan["duplicate_of"] if "duplicate_of" in plan.column_names else duplicates(plan)
+    table = plan.select(["unit_id", "url", "size"]).append_column("duplicate_of", found)
     table = table.take(pc.sort_indices(table, sort_keys=[("unit_id", "ascending"), ("url", "ascending")]))
     ids = table["unit_id"].to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
+    if not len(ids):
+        return {}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], len(ids)]
     rows = table.drop_columns(["unit_id"])
     return {ids[s]: rows.slice(s, e - s) for s, e in zip(starts, ends, strict=True)}

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +22,10 @@ from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
 from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment
 from .storage import filesystem, retry
-from .tables import put_bytes, read_table, write_table
+from .tables import put_bytes
+
+if TYPE_CHECKING:
+    from .ingest import Work
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ UNITS_PER_THREAD = 8  # enough units that no worker idles while another finishes
 MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
 MIN_UNIT_BYTES = 2**20
 LOCAL_DASHBOARD = "127.0.0.1:0"  # the embedded cluster's dashboard: this machine only, unless asked
+SHARD_THREADS = 4  # shards size units as if each had this many threads: alike on every shard's machine
 
 
 class JobError(Exception):
@@ -162,16 +167,6 @@ def _sent_secret(client, key: bytes | None, send: bool) -> Iterator[None]:
         client.unregister_worker_plugin(plugin.name)
 
 
-def _stage(fs, path: str, compute: Callable[[], pa.Table], store: bool) -> pa.Table:
-    """A stage's table, read back when an earlier run stored it, else computed (and stored)."""
-    if retry(fs.exists, path):
-        return read_table(fs, path)
-    table = compute()
-    if store:
-        write_table(fs, path, table)
-    return table
-
-
 def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJECTS) -> int:
     """A unit's share of `total` (objects or bytes): several units per worker thread, never above `limit`."""
     spread = math.ceil(total / (UNITS_PER_THREAD * max(threads, 1)))
@@ -179,38 +174,36 @@ def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJ
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
-            max_unit_bytes: int, store: bool = True) -> pa.Table:
-    """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
-    from .listing import list_objects
-    from .plan import plan
-    from .scan import scan
+            max_unit_bytes: int, before_write: Callable[[], None] | None = lambda: None,
+            threads: int | None = None) -> Work:
+    """Stages 1-3: list SOURCE, then scan and plan only what is new or changed since the last run.
 
-    fs, path = filesystem(tables, storage_options)
-    listing = _stage(fs, f"{path}/listing.parquet",
-                     lambda: list_objects(source, storage_options, client=client), store)
-    log.info("listed %d objects", listing.num_rows)
-    inventory = _stage(fs, f"{path}/inventory.parquet",
-                       lambda: scan(listing, storage_options, client=client), store)
-    threads = sum(client.nthreads().values())
-    unit_objects = unit_size(inventory.num_rows, max_unit_objects, threads)
-    unit_bytes = unit_size(pc.sum(inventory["size"]).as_py() or 0, max_unit_bytes, threads, MIN_UNIT_BYTES)
-    planned = _stage(fs, f"{path}/plan.parquet",
-                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes), store)
-    log.info("planned %d units", len(pc.unique(planned["unit_id"])))
-    return planned
+    Units are sized for `threads` worker threads (default: the client's), so shards, whose clusters may
+    differ, pass a number of their own that every shard computes alike. `before_write` is called before
+    the new run is stored; None stores nothing (a dry run)."""
+    from .ingest import prepare as ingest
+
+    threads = threads or sum(client.nthreads().values())
+    return ingest(source, tables, client, storage_options, before_write=before_write,
+                  unit_objects=lambda n: unit_size(n, max_unit_objects, threads),
+                  unit_bytes=lambda b: unit_size(b, max_unit_bytes, threads, MIN_UNIT_BYTES))
 
 
-def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
-    """Record which job TABLES belongs to; refuse to resume a different one there."""
+def _claim(tables: str, identity: dict, storage_options: dict | None) -> Callable[[], None]:
+    """Refuse to resume a different job in TABLES; return what records this job there, called only just
+    before the job first writes (a run that fails earlier leaves TABLES as it was)."""
     fs, path = filesystem(tables, storage_options)
     job_path = f"{path}/{JOB_NAME}"
     if retry(fs.exists, job_path):
         if json.loads(retry(fs.cat_file, job_path)) != identity:
             raise JobError("the tables location holds a different job (other source, DEST, profile or "
                            "secret); use a new --tables location")
-        return
-    retry(fs.makedirs, path, exist_ok=True)
-    put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
+        return lambda: None
+
+    def record() -> None:
+        retry(fs.makedirs, path, exist_ok=True)
+        put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
+    return record
 
 
 class _Bars:
@@ -253,32 +246,82 @@ def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
     return planned.filter(pc.invert(committed))
 
 
-def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[str]) -> RunResult:
+def changes_line(counts: dict) -> str:
+    """The listing against the previous run's, in one line."""
+    return (f"SOURCE since the last run: {counts['new']} new, {counts['changed']} changed, "
+            f"{counts['unchanged']} unchanged, {counts['gone']} gone")
+
+
+def _dry_run(source: str, dest: str, tables: str, work: Work, done: set[str]) -> RunResult:
+    planned = work.pending
     units = pc.unique(planned["unit_id"])
     todo = _remaining(planned, done)
-    unreadable = pc.sum(pc.is_valid(planned["error"])).as_py() or 0
-    report = (f"dry run: {planned.num_rows} objects ({pc.sum(planned['size']).as_py() or 0} bytes) in "
-              f"{len(units)} units; {len(units) - len(pc.unique(todo['unit_id']))} units already committed; "
-              f"{todo.num_rows} objects would be processed; {unreadable} headers did not parse "
+    unreadable = pc.sum(pc.is_valid(todo["error"])).as_py() or 0
+    listed = sum(work.counts[k] for k in ("new", "changed", "unchanged"))
+    report = (f"dry run: {changes_line(work.counts)}\n"
+              f"{todo.num_rows} objects would be processed ({pc.sum(todo['size']).as_py() or 0} bytes) in "
+              f"{len(pc.unique(todo['unit_id']))} units; {unreadable} headers did not parse "
               f"(they will be re-read and quarantined if still unreadable)")
-    return RunResult(source, dest, tables, objects=planned.num_rows, units_total=len(units),
+    return RunResult(source, dest, tables, objects=listed, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
 
 
-def _complete(summary: dict | None, units_total: int) -> bool:
-    """True when an earlier finalize already covered every unit of the plan."""
-    return bool(summary) and summary["units_done"] == units_total and not summary["failed_units"]
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` with 0 <= I < N: shard I of N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise JobError(f"--shard takes I/N (0-based I), not {text!r}") from None
+    if not 0 <= index < count:
+        raise JobError(f"--shard {text}: I must be between 0 and N-1")
+    return index, count
+
+
+def source_still_there(source: str, storage_options: dict | None) -> None:
+    """Stop, before anything is committed in its name, when SOURCE itself went away during the run."""
+    fs, path = filesystem(source, storage_options)
+    fs.invalidate_cache()
+    if not retry(fs.exists, path):
+        raise JobError(f"SOURCE {source} vanished during the run; run again once it is back")
+
+
+def _uncommit(tables: str, units: list[str], storage_options: dict | None) -> None:
+    """Remove the commit markers of units that ran while SOURCE was gone: they run again next time."""
+    from .execute import marker_path
+
+    fs, path = filesystem(tables, storage_options)
+    for unit in units:
+        retry(fs.rm, marker_path(path, unit))
+
+
+def _shard_done(tables: str, shard: tuple[int, int], outcome, elapsed: float,
+                storage_options: dict | None) -> str:
+    """Record what this shard did, for finalize; the report a person reads."""
+    from .runs import SHARDS_FOLDER
+
+    fs, path = filesystem(tables, storage_options)
+    facts = {"shard": shard[0], "of": shard[1], "elapsed": elapsed, "failed_units": outcome.failed_units,
+             **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped", "objects",
+                                                 "source_bytes")}}
+    put_bytes(fs, f"{path}/{SHARDS_FOLDER}/{shard[0]}-of-{shard[1]}.json", json.dumps(facts).encode())
+    return (f"shard {shard[0]}/{shard[1]}: {outcome.units_run} units run ({outcome.objects} objects), "
+            f"{outcome.units_skipped} already committed, {len(outcome.failed_units)} failed\n"
+            f"when every shard is done: dicom-deid finalize --tables {tables}")
 
 
 def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
         secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
-        dashboard_address: str = LOCAL_DASHBOARD, **profile_flags: bool) -> RunResult:
-    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
+        dashboard_address: str = LOCAL_DASHBOARD, shard: tuple[int, int] | None = None,
+        **profile_flags: bool) -> RunResult:
+    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
+    an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
+    units and leave finalizing to `finalize_job` once every shard is done."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
+    from .ingest import shard_of
     from .workers import check_workers
 
     started = time.perf_counter()
@@ -294,21 +337,30 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
         if progress:
             print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
-        if not dry_run:
-            _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
-                            "secret_fingerprint": fingerprint(key)}, storage_options)
+        identity = {"source": source, "dest": dest, "profile": asdict(profile),
+                    "secret_fingerprint": None if dry_run else fingerprint(key)}
+        record = None if dry_run else _claim(tables, identity, storage_options)
         check_workers(active, key and fingerprint(key))
-        planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
-                          max_unit_bytes=max_unit_bytes, store=not dry_run)
+        work = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
+                       max_unit_bytes=max_unit_bytes, before_write=record,
+                       threads=SHARD_THREADS * shard[1] if shard else None)
         done = committed_units(tables, storage_options)
         if dry_run:
-            return _dry_run(source, dest, tables, planned, done)
+            return _dry_run(source, dest, tables, work, done)
+        planned = work.pending
+        if shard:
+            units = pc.unique(planned["unit_id"]).to_pylist()
+            mine = pa.array([unit for unit in units if shard_of(unit, shard[1]) == shard[0]], pa.string())
+            planned = planned.filter(pc.is_in(planned["unit_id"], value_set=mine))
         settings = Settings(dest, tables, profile, fingerprint(key), storage_options)
         todo = _remaining(planned, done)
         bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
+        unread: list[str] = []  # units of this run that could not read some object
         callbacks = [c for c in (bars, on_unit) if c]
 
         def unit_finished(stats: dict) -> None:
+            if "read-error" in stats["reasons"]:
+                unread.append(stats["unit_id"])
             for callback in callbacks:
                 callback(stats)
 
@@ -318,18 +370,36 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         finally:
             if bars:
                 bars.close()
+    if unread:
+        try:
+            source_still_there(source, storage_options)
+        except JobError:
+            _uncommit(tables, unread, storage_options)  # so that the next run reads them again
+            raise
+    record()
+    if shard:
+        report = _shard_done(tables, shard, outcome, time.perf_counter() - started, storage_options)
+        return RunResult(source, dest, tables, objects=outcome.objects, written=outcome.written,
+                         quarantined=outcome.quarantined, source_bytes=outcome.source_bytes,
+                         output_bytes=outcome.output_bytes, units_total=outcome.units_total,
+                         units_run=outcome.units_run, units_skipped=outcome.units_skipped,
+                         failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
+                         quarantine_reasons=dict(outcome.reasons), max_error_rate=max_error_rate,
+                         report=f"{changes_line(work.counts)}\n{report}")
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
-    if outcome.units_run or outcome.failed_units or not _complete(summary, outcome.units_total):
+    settled = summary and all(run.closed for run in work.runs) and not outcome.units_run
+    if work.created or outcome.failed_units or not settled:
         report = ""
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
-                     **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
-                                                         "failed_units", "objects", "source_bytes")}}
+                     **{k: getattr(outcome, k) for k in ("units_run", "failed_units", "objects",
+                                                         "source_bytes")}}
         summary = finalize(tables, dest, storage_options, run=run_facts)
     return RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
-        output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
-        units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
-        elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
-        max_error_rate=max_error_rate, report=report + describe(summary))
+        output_bytes=summary["output_bytes"], units_total=summary["units_total"], units_run=outcome.units_run,
+        units_skipped=summary["units_total"] - outcome.units_run - len(outcome.failed_units),
+        failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
+        quarantine_reasons=summary["quarantine_reasons"], max_error_rate=max_error_rate,
+        report=f"{changes_line(work.counts)}\n{report}{describe(summary)}")

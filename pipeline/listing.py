@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 LISTING_SCHEMA = pa.schema([
     pa.field("url", pa.string(), nullable=False),
     pa.field("size", pa.int64()),  # null only when a listing file gives no sizes
+    pa.field("version", pa.string()),  # ETag or modification time: tells a changed object from the same one
 ])
+# Where fsspec detail entries, listing files and S3 Inventory reports keep an object's version, best first.
+VERSION_KEYS = ("ETag", "etag", "e_tag", "version", "mtime", "LastModified", "last_modified",
+                "last_modified_date", "updated")
 
 LISTING_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # Split a prefix until it has this many sub-prefixes (or MAX_SPLIT_DEPTH levels) before listing them.
@@ -31,15 +35,28 @@ MAX_SPLIT_DEPTH = 3
 LIST_THREADS = 16
 
 
-def _table(urls: list[str], sizes: list[int | None]) -> pa.Table:
-    return pa.table({"url": pa.array(urls, pa.string()), "size": pa.array(sizes, pa.int64())},
-                    schema=LISTING_SCHEMA)
+class ListingError(ValueError):
+    """A listing file or inventory that cannot be read as a list of objects."""
+
+
+def _table(urls: list[str], sizes: list[int | None], versions: list[str | None] | None = None) -> pa.Table:
+    return pa.table({"url": pa.array(urls, pa.string()), "size": pa.array(sizes, pa.int64()),
+                     "version": pa.array(versions or [None] * len(urls), pa.string())}, schema=LISTING_SCHEMA)
+
+
+def _version(entry: dict) -> str | None:
+    for key in VERSION_KEYS:
+        value = entry.get(key)
+        if value is not None:
+            return str(value)
+    return None
 
 
 def _files(fs: AbstractFileSystem, entries: list[dict]) -> pa.Table:
     """Keep the objects (not directories or S3 "folder/" markers) of fsspec detail entries."""
     keep = [e for e in entries if e.get("type") == "file" and not e["name"].endswith("/")]
-    return _table([fs.unstrip_protocol(e["name"]) for e in keep], [e.get("size") for e in keep])
+    return _table([fs.unstrip_protocol(e["name"]) for e in keep], [e.get("size") for e in keep],
+                  [_version(e) for e in keep])
 
 
 def _ls(fs: AbstractFileSystem, path: str) -> list[dict]:
@@ -141,8 +158,11 @@ def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Ta
 def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Table:
     """A CSV/Parquet of `url[,size]`, or S3 Inventory style `bucket,key[,size]`."""
     fs, path = filesystem(source, storage_options)
-    with fs.open(path, "rb", compression="infer") as f:
-        table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
+    try:
+        with fs.open(path, "rb", compression="infer") as f:
+            table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
+    except pa.ArrowInvalid as exc:
+        raise ListingError(f"cannot read the listing file {source}: {str(exc).splitlines()[0]}") from exc
     return _urls_and_sizes(table)
 
 
@@ -155,9 +175,15 @@ def _urls_and_sizes(table: pa.Table) -> pa.Table:
         urls = pc.binary_join_element_wise("s3://", table["bucket"].cast(pa.string()), "/",
                                            table["key"].cast(pa.string()), "")
     else:
-        raise ValueError("a listing file needs a 'url' column or 'bucket' and 'key' columns")
-    sizes = table["size"].cast(pa.int64()) if "size" in names else pa.nulls(len(table), pa.int64())
-    listed = pa.table({"url": urls, "size": sizes})
+        raise ListingError(f"a listing file needs a 'url' column or 'bucket' and 'key' columns; it has "
+                           f"{', '.join(sorted(names)) or 'none'}")
+    try:
+        sizes = table["size"].cast(pa.int64()) if "size" in names else pa.nulls(len(table), pa.int64())
+    except pa.ArrowInvalid as exc:
+        raise ListingError("the listing file's 'size' column is not whole numbers") from exc
+    version = next((table[k].cast(pa.string()) for k in VERSION_KEYS if k in names), None)
+    listed = pa.table({"url": urls, "size": sizes,
+                       "version": version if version is not None else pa.nulls(len(table), pa.string())})
     listed = listed.filter(pc.and_(pc.is_valid(listed["url"]), pc.invert(pc.ends_with(listed["url"], "/"))))
     return listed.cast(LISTING_SCHEMA)
 
@@ -184,7 +210,8 @@ def _read_inventory_manifest(source: str, storage_options: dict | str | None) ->
     manifest = json.loads(retry(fs.cat_file, path))
     file_format = manifest["fileFormat"].upper()
     if file_format not in ("CSV", "PARQUET"):
-        raise ValueError(f"S3 Inventory format {manifest['fileFormat']} is not supported; use CSV or Parquet")
+        raise ListingError(f"S3 Inventory format {manifest['fileFormat']} is not supported; "
+                           "use CSV or Parquet")
     bucket = manifest["destinationBucket"].rsplit(":", 1)[-1]  # arn:aws:s3:::name
     columns = [name.strip().lower() for name in manifest.get("fileSchema", "").split(",")]
     urls = [f"s3://{bucket}/{entry['key']}" for entry in manifest["files"]]
@@ -215,11 +242,12 @@ def list_objects(source: str, storage_options: dict | str | None = None, client=
     else:
         fs, path = filesystem(source, storage_options)
         if retry(fs.isfile, path):
-            table = _table([fs.unstrip_protocol(path)], [retry(fs.size, path)])
+            table = _files(fs, [retry(fs.info, path)])
         elif not retry(fs.isdir, path):
             raise FileNotFoundError(f"no objects at {source}")
         else:
             table = _list_tree(source, storage_options, client)
     # One row per url: a listing file may repeat itself.
-    unique = table.group_by("url").aggregate([("size", "max")])
-    return pa.table({"url": unique["url"], "size": unique["size_max"]}, schema=LISTING_SCHEMA).sort_by("url")
+    unique = table.group_by("url").aggregate([("size", "max"), ("version", "max")])
+    return pa.table({"url": unique["url"], "size": unique["size_max"], "version": unique["version_max"]},
+                    schema=LISTING_SCHEMA).sort_by("url")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pyarrow.compute as pc
-
 from .execute import committed_units, marker_path
+from .finalize import history
 from .storage import filesystem, retry
-from .tables import read_table
 
 _COUNTS = ("objects", "written", "quarantined", "source_bytes", "output_bytes")
 _READ_BATCH = 256
@@ -21,8 +19,7 @@ def job_status(tables: str, storage_options: dict | None = None) -> dict:
     if not retry(fs.exists, f"{path}/job.json"):
         raise FileNotFoundError(f"no dicom-deid job in {tables}")
     job = json.loads(retry(fs.cat_file, f"{path}/job.json"))
-    plan_path = f"{path}/plan.parquet"
-    planned = read_table(fs, plan_path) if retry(fs.exists, plan_path) else None
+    past = history(fs, path)
     done = sorted(committed_units(tables, storage_options))
     totals: Counter = Counter()
     reasons: Counter = Counter()
@@ -32,10 +29,10 @@ def job_status(tables: str, storage_options: dict | None = None) -> dict:
             stats = json.loads(content)
             totals.update({k: stats[k] for k in _COUNTS})
             reasons.update(stats["reasons"])
-    units_total = len(pc.unique(planned["unit_id"])) if planned is not None else None
+    units_total = len(past.unit_run) if past.runs else None
     return {
         "source": job["source"], "dest": job["dest"], "units_total": units_total,
-        "objects_total": planned.num_rows if planned is not None else None,
+        "objects_total": sum(run.planned for run in past.runs) if past.runs else None,
         "units_done": len(done), **{k: totals[k] for k in _COUNTS},
         "quarantine_reasons": dict(sorted(reasons.items())),
         "finished": units_total == len(done) and retry(fs.exists, f"{path}/summary.json"),

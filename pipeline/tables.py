@@ -6,7 +6,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -143,14 +143,20 @@ def _read_parts(fs, paths: list[str]) -> Iterator[pa.Table]:
                 yield pq.read_table(io.BytesIO(content))
 
 
-def compact(fs, tables_path: str, name: str, out_fs, out_path: str) -> int:
-    """Stream every part of table `name` into one Parquet file, unit by unit; return its row count."""
+def compact(fs, tables_path: str, name: str, out_fs, out_path: str, units: set[str] | None = None,
+            transform: Callable[[pa.Table, str], pa.Table] | None = None) -> int:
+    """Stream every part of table `name` (of `units` only, when given) into one Parquet file, unit by unit,
+    each part passed through `transform(part, unit_id)` when given; return its row count."""
     schema = PART_SCHEMAS[name]
     rows = written = 0
     pending: list[pa.Table] = []
+    paths = _parts(fs, tables_path, name)
+    if units is not None:
+        paths = [p for p in paths if p.rsplit("/", 1)[-1][:-len(".parquet")] in units]
     with atomic_open(out_fs, out_path) as f, pq.ParquetWriter(f, schema) as writer:
-        for part in _read_parts(fs, _parts(fs, tables_path, name)):
-            pending.append(part.cast(schema))
+        for path, part in zip(paths, _read_parts(fs, paths), strict=True):
+            part = part.cast(schema)
+            pending.append(transform(part, path.rsplit("/", 1)[-1][:-len(".parquet")]) if transform else part)
             rows += part.num_rows
             if rows - written >= ROW_GROUP_ROWS:
                 writer.write_table(pa.concat_tables(pending))
