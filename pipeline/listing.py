@@ -103,6 +103,7 @@ def _walk_local(fs: AbstractFileSystem, path: str) -> pa.Table:
     A link that leads nowhere is listed, so its read fails and it gets a quarantine row, not silence."""
     urls: list[str] = []
     sizes: list[int | None] = []
+    versions: list[str | None] = []  # modification time, as fsspec's local "mtime" gives it
     entered: set[tuple[int, int]] = set()
     skipped = 0
     for folder, folders, names in os.walk(path, followlinks=True):
@@ -127,13 +128,15 @@ def _walk_local(fs: AbstractFileSystem, path: str) -> pa.Table:
             except OSError:  # a dangling link
                 urls.append(fs.unstrip_protocol(full))
                 sizes.append(None)
+                versions.append(None)
                 continue
             if stat.S_ISREG(info.st_mode):  # not sockets, pipes or devices, which are no objects
                 urls.append(fs.unstrip_protocol(full))
                 sizes.append(info.st_size)
+                versions.append(str(info.st_mtime))
     if skipped:
         log.warning("%d linked folders were listed already (a link loop or a second path)", skipped)
-    return _table(urls, sizes)
+    return _table(urls, sizes, versions)
 
 
 def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Table:
