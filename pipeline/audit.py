@@ -1,0 +1,353 @@
+"""Checks of one unit's outputs against their sources, independent of the engine that wrote them."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator
+
+import ahocorasick
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+from .deid import Profile
+from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
+from .deid.rules import edition, resolved_action, safe_private
+from .deid.values import DUMMY_TEXT, dummy
+from .storage import filesystem, retry
+
+# Values a person could be found by, when the profile removes or replaces them.
+IDENTIFYING_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "UR", "AE", "DA", "DT", "UI"})
+# Values kept on purpose (any of them) make an identifying value that equals them not a leak.
+TEXT_VRS = IDENTIFYING_VRS | {"CS", "DS", "IS", "TM", "AS"}
+MIN_PATTERN = 3  # shorter values (initials, "MR") are everywhere
+MIN_COMPONENT = 4  # a name's parts, searched on their own
+# Patient and study attributes that must agree across the objects of one study (as dcentvfy checks).
+STUDY_ATTRIBUTES = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "StudyDescription")
+REFERENCED_SOP = 0x00081155
+# Image-like bulk data (pixels, waveforms, lookup tables) matches short values by chance: not searched.
+BULK_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010, 0x54001010, 0x00281201, 0x00281202, 0x00281203,
+                       0x00281221, 0x00281222, 0x00281223, 0x00283006})
+DEFLATE = "1.2.840.10008.1.2.1.99"
+# A UID-like token: three or more dotted numbers, not inside a longer one.
+UID_TOKEN = re.compile(rb"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}(?![0-9.])")
+STANDARD_UID_ROOTS = ("1.2.840.10008.", "2.25.")
+_QUOTED_VALUE = re.compile(r"= <[^>]*>")  # how dciodvfy quotes a value; attribute names stay
+_ANY_UID = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
+_DIGITS_AND_DOTS = frozenset(b"0123456789.")
+_SOURCE_META_IDENTIFYING = (0x00020003, 0x00020016, 0x00020017, 0x00020018)
+
+
+def _engine_vocabulary(profile: Profile) -> bytes:
+    """What the engine writes by itself: an identifying value equal to it proves nothing."""
+    words = [DUMMY_TEXT, f"dicom-deid {package_version()}", f"PS3.15 {edition()} Annex E", PRIVATE_KEPT_NOTE,
+             f"DICOMDEID_{package_version()}", "YES", "REMOVED", "MODIFIED", "UNMODIFIED", "DCM"]
+    words += [str(dummy(vr)) for vr in ("AS", "DA", "DT", "TM")]
+    for value, meaning in options_used(profile):
+        words += [value, meaning]
+    return "\0".join(words).encode()
+
+
+def _values(raw: bytes) -> list[bytes]:
+    return [v.strip(b" \0") for v in raw.split(b"\\")]
+
+
+def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
+    """An element's stored value bytes, before pydicom converts them (None once converted)."""
+    item = ds.get_item(tag)
+    return item.value if isinstance(item, RawDataElement) and isinstance(item.value, bytes) else None
+
+
+def _walk(ds: Dataset, depth: int = 0) -> Iterator[tuple[Dataset, int, str, bytes | None]]:
+    """Every element at any depth as (its dataset, tag, VR, raw value bytes); sequences are walked."""
+    for tag in list(ds.keys()):
+        raw = _raw_bytes(ds, tag)
+        elem = ds[tag]
+        vr = elem.VR
+        if vr == "SQ":
+            for item in elem.value or ():
+                yield from _walk(item, depth + 1)
+            continue
+        if raw is None and isinstance(elem.value, str | bytes):
+            raw = elem.value.encode("utf-8", "replace") if isinstance(elem.value, str) else elem.value
+        yield ds, int(tag), vr, raw
+
+
+class Findings:
+    """Identifying values of a unit's sources, with what they are, and values they keep on purpose."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.patterns: dict[bytes, str] = {}
+        self.kept: list[bytes] = [_engine_vocabulary(profile)]
+        self.shifting = profile.retain_long_modified_dates and not profile.retain_long_full_dates
+
+    def add(self, value: bytes, what: str, min_length: int = MIN_PATTERN) -> None:
+        if len(value) >= min_length:
+            self.patterns.setdefault(value, what)
+
+    def add_source(self, ds: Dataset) -> None:
+        """The source's values of every attribute the profile removes or replaces, at any depth."""
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        for tag in _SOURCE_META_IDENTIFYING:
+            raw = meta.get(tag)
+            if raw is not None and raw.value:
+                for value in _values(str(raw.value).encode()):
+                    self.add(value, raw.keyword or f"{tag:08X}")
+        for _, tag, vr, raw in _walk(ds):
+            if tag >> 16 & 1 or raw is None or vr not in TEXT_VRS:
+                continue
+            action = resolved_action(tag, self.profile)
+            removed = action in "XZDCU" or (action == "M" and vr in ("DA", "DT") and self.shifting)
+            if not removed or vr not in IDENTIFYING_VRS:
+                self.kept.append(raw)
+                continue
+            what = pydicom.datadict.keyword_for_tag(tag) or f"{tag:08X}"
+            for value in _values(raw):
+                self.add(value, what)
+                if vr == "PN":
+                    for part in re.split(rb"[\^=]", value):
+                        self.add(part.strip(), what, MIN_COMPONENT)
+
+    def automaton(self) -> ahocorasick.Automaton | None:
+        """One automaton of every pattern not also kept on purpose; None when there is nothing to find."""
+        found = ahocorasick.Automaton()
+        for value, what in self.patterns.items():
+            found.add_word(value.decode("latin-1"), (value, what))  # latin-1: one character per byte
+        if not len(found):
+            return None
+        found.make_automaton()
+        retained = {value for value, _ in hits(found, b"\0".join(self.kept))}
+        for value in retained:
+            found.remove_word(value.decode("latin-1"))
+        if not len(found):
+            return None
+        found.make_automaton()
+        return found
+
+
+def _bounded(data: bytes, start: int, end: int) -> bool:
+    """A number or UID found inside a longer number is a coincidence, not a copy."""
+    before = data[start - 1] if start > 0 else None
+    after = data[end + 1] if end + 1 < len(data) else None
+    return before not in _DIGITS_AND_DOTS and after not in _DIGITS_AND_DOTS
+
+
+def hits(found: ahocorasick.Automaton | None, data: bytes) -> Iterator[tuple[bytes, str]]:
+    """Every pattern occurring in `data` (numbers and UIDs only where they stand alone)."""
+    if found is None or not data:
+        return
+    for end, (value, what) in found.iter(data.decode("latin-1")):
+        if not value.replace(b".", b"").isdigit() or _bounded(data, end - len(value) + 1, end):
+            yield value, what
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the file meta group ends (explicit VR little endian elements of group 0002 after 'DICM')."""
+    pos = 132
+    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
+            pos += 12 + int.from_bytes(data[pos + 8:pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6:pos + 8], "little")
+    return pos
+
+
+def _bulk_spans(ds: Dataset) -> Iterator[tuple[int, int]]:
+    """(file offset, length) of the bulk data values, read before pydicom converts them."""
+    for tag in list(ds.keys()):
+        item = ds.get_item(tag)
+        if int(tag) in BULK_TAGS and isinstance(item, RawDataElement) and item.value:
+            yield item.value_tell, len(item.value)
+        elif ds[tag].VR == "SQ":
+            for child in ds[tag].value or ():
+                yield from _bulk_spans(child)
+
+
+def regions(data: bytes, ds: Dataset, bulk: list[tuple[int, int]]) -> dict[str, bytes]:
+    """The output's bytes by place, bulk data left out."""
+    meta_end = _meta_end(data) if data[128:132] == b"DICM" else 0
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE:
+        body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    else:
+        parts, pos = [], meta_end
+        for start, length in sorted(bulk):
+            parts.append(data[pos:max(pos, start)])
+            pos = max(pos, start + length)
+        body = b"".join([*parts, data[pos:]])
+    return {"preamble": data[:128] if meta_end else b"", "file-meta": data[132:meta_end], "body": body}
+
+
+def profile_errors(ds: Dataset, profile: Profile) -> list[str]:
+    """What the output's markers, private, curve and overlay attributes get wrong for the profile."""
+    errors = []
+    if ds.get("PatientIdentityRemoved") != "YES":
+        errors.append("patient-identity-removed")
+    codes = {(item.get("CodeValue"), item.get("CodingSchemeDesignator"))
+             for item in ds.get("DeidentificationMethodCodeSequence") or ()}
+    if codes != {(value, "DCM") for value, _ in options_used(profile)}:
+        errors.append("method-codes")
+    keep_all = profile.retain_private_tags and not profile.retain_safe_private
+    overlay_data = resolved_action(0x60003000, profile)
+    for where, tag, _, raw in _walk(ds):
+        group, element = tag >> 16, tag & 0xFFFF
+        if group & 1 and not keep_all and not _safe_private(where, tag, profile):
+            errors.append(f"private ({group:04X},{element:04X})")
+        elif group & 0xFF00 == 0x5000:
+            errors.append(f"curve ({group:04X},{element:04X})")
+        elif group & 0xFF01 == 0x6000 and overlay_data == "X":
+            errors.append(f"overlay ({group:04X},{element:04X})")
+        elif group & 0xFF01 == 0x6000 and element == 0x3000 and raw and raw.strip(b"\0"):
+            errors.append(f"overlay data not blank ({group:04X},3000)")
+    return sorted(set(errors))
+
+
+def _safe_private(ds: Dataset, tag: int, profile: Profile) -> bool:
+    """Under Retain Safe Private: creator elements and the Table E.3.10-1 elements of their blocks."""
+    if not profile.retain_safe_private:
+        return False
+    group, element = tag >> 16, tag & 0xFFFF
+    if 0x10 <= element <= 0xFF:
+        return True
+    creator = ds.get((group, element >> 8))
+    text = str(creator.value).strip() if creator is not None else ""
+    return (text, group, element & 0xFF) in safe_private()
+
+
+def study_values(ds: Dataset | None) -> dict[str, str | None]:
+    """The patient and study attributes of one object (None without a dataset)."""
+    if ds is None:
+        return dict.fromkeys(STUDY_ATTRIBUTES)
+    return {k: str(ds.get(k) or "").strip() for k in STUDY_ATTRIBUTES}
+
+
+def references(ds: Dataset) -> list[str]:
+    """Every Referenced SOP Instance UID at any depth."""
+    found = []
+    for _, tag, _, raw in _walk(ds):
+        if tag == REFERENCED_SOP and raw:
+            found += [v.decode("ascii", "replace") for v in _values(raw) if v]
+    return found
+
+
+def _dciodvfy_errors(data: bytes) -> set[str] | None:
+    """dciodvfy's error lines, values blanked so that the source's and output's compare; None if it fails."""
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+        f.write(data)
+        f.flush()
+        try:
+            done = subprocess.run(["dciodvfy", f.name], capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    lines = (done.stdout + done.stderr).decode("utf-8", "replace").splitlines()
+    return {_ANY_UID.sub("UID", _QUOTED_VALUE.sub("= <>", line)) for line in lines if line.startswith("Error")}
+
+
+def validity_regressions(output: bytes, source: bytes) -> int | None:
+    """How many kinds of dciodvfy error the output has that its source had not (None: not checked)."""
+    if shutil.which("dciodvfy") is None:
+        return None
+    after, before = _dciodvfy_errors(output), _dciodvfy_errors(source)
+    return None if after is None or before is None else len(after - before)
+
+
+def _read(data: bytes) -> tuple[Dataset, list[tuple[int, int]]]:
+    """A whole re-read (every element converted, as any reader of the output would) and its bulk data."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    bulk = [] if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE else list(_bulk_spans(ds))
+    for _ in ds.iterall():
+        pass
+    return ds, bulk
+
+
+def _parse_source(data: bytes | None) -> Dataset | None:
+    if data is None:
+        return None
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception:  # a source pydicom cannot read gives no values; its output is still searched for UIDs
+        return None
+
+
+def _fetch(url: str, storage_options: dict | None) -> bytes | None:
+    fs, path = filesystem(url, storage_options)
+    try:
+        return retry(fs.cat_file, path)
+    except OSError:
+        return None
+
+
+def check_unit(task: dict) -> list[dict]:
+    """Check one unit's outputs: leaks, profile, re-read, study values, references, validity.
+
+    `task`: profile (dict), dest, storage_options, rows [{source_url, source_read, output_key, validity}],
+    uids [(original_uid, attribute)] of the unit, index {output_key: text of its index row}.
+    """
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings quote values
+    profile = Profile(**task["profile"])
+    options = task["storage_options"]
+    dest_fs, dest_path = filesystem(task["dest"], options)
+    findings = Findings(profile)
+    for uid, attribute in task["uids"]:
+        findings.add(uid.encode(), f"uid:{attribute}", 1)
+    sources: dict[str, tuple[bytes | None, Dataset | None]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in task["rows"]:
+            data = _fetch(row["source_read"], options) if row["source_read"] else None
+            ds = _parse_source(data)
+            sources[row["source_url"]] = (data, ds)
+            if ds is not None:
+                findings.add_source(ds)
+        found = findings.automaton()
+        known = {value.decode("latin-1") for value in findings.patterns}
+        return [_check_object(row, sources[row["source_url"]], found, task["index"].get(row["output_key"], ""),
+                              profile, dest_fs, dest_path, known) for row in task["rows"]]
+
+
+def _check_object(row: dict, source: tuple[bytes | None, Dataset | None], found, index_text: str,
+                  profile: Profile, dest_fs, dest_path: str, known: set[str]) -> dict:
+    source_data, source_ds = source
+    result = {"source_url": row["source_url"], "output_key": row["output_key"], "readable": False,
+              "source_checked": source_ds is not None, "leak_attributes": [], "leak_places": [],
+              "profile_errors": [], "study": None, "source_study": study_values(source_ds),
+              "sop_uid": None, "references": [], "uid_tokens": [], "validity_new_errors": None}
+    try:
+        data = retry(dest_fs.cat_file, f"{dest_path}/{row['output_key']}")
+    except FileNotFoundError:
+        result["missing"] = True
+        return result
+    places = {"key": row["output_key"].encode(), "index": index_text.encode()}
+    try:
+        ds, bulk = _read(data)
+    except Exception:  # anything a reader trips on makes the output unreadable
+        places["file"] = data
+        ds = None
+    else:
+        places.update(regions(data, ds, bulk))
+        result.update(readable=True, profile_errors=profile_errors(ds, profile), study=study_values(ds),
+                      sop_uid=str(ds.get("SOPInstanceUID", "")), references=references(ds))
+    leaks = {(what, place) for place, text in places.items() for _, what in hits(found, text)}
+    result["leak_attributes"] = sorted({what for what, _ in leaks})
+    result["leak_places"] = sorted({place for _, place in leaks})
+    # UIDs this unit does not know of, for the driver to look up among every unit's originals
+    tokens = {t.decode() for text in places.values() for t in UID_TOKEN.findall(text)}
+    result["uid_tokens"] = sorted(t for t in tokens - known if not t.startswith(STANDARD_UID_ROOTS))
+    if row["validity"] and ds is not None and source_data is not None:
+        result["validity_new_errors"] = validity_regressions(data, source_data)
+    return result
+
+
+def dciodvfy_available() -> bool:
+    return shutil.which("dciodvfy") is not None and os.access(shutil.which("dciodvfy"), os.X_OK)
