@@ -30,6 +30,7 @@ IDENTIFYING_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "UR", "AE
 TEXT_VRS = IDENTIFYING_VRS | {"CS", "DS", "IS", "TM", "AS"}
 MIN_PATTERN = 3  # shorter values (initials, "MR") are everywhere
 MIN_COMPONENT = 4  # a name's parts, searched on their own
+MIN_UID = 8  # shorter "UIDs" ("0", "1.2.3") identify nothing and occur as numbers everywhere
 # Patient and study attributes that must agree across the objects of one study (as dcentvfy checks).
 STUDY_ATTRIBUTES = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
                     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
@@ -114,7 +115,7 @@ class Findings:
                 continue
             what = pydicom.datadict.keyword_for_tag(tag) or f"{tag:08X}"
             for value in _values(raw):
-                self.add(value, what)
+                self.add(value, what, MIN_UID if vr == "UI" else MIN_PATTERN)
                 if vr == "PN":
                     for part in re.split(rb"[\^=]", value):
                         self.add(part.strip(), what, MIN_COMPONENT)
@@ -251,7 +252,8 @@ def _dciodvfy_errors(data: bytes) -> set[str] | None:
         except (OSError, subprocess.TimeoutExpired):
             return None
     lines = (done.stdout + done.stderr).decode("utf-8", "replace").splitlines()
-    return {_ANY_UID.sub("UID", _QUOTED_VALUE.sub("= <>", line)) for line in lines if line.startswith("Error")}
+    errors = (line for line in lines if line.startswith("Error"))
+    return {_ANY_UID.sub("UID", _QUOTED_VALUE.sub("= <>", line)) for line in errors}
 
 
 def validity_regressions(output: bytes, source: bytes) -> int | None:
@@ -300,7 +302,7 @@ def check_unit(task: dict) -> list[dict]:
     dest_fs, dest_path = filesystem(task["dest"], options)
     findings = Findings(profile)
     for uid, attribute in task["uids"]:
-        findings.add(uid.encode(), f"uid:{attribute}", 1)
+        findings.add(uid.encode(), f"uid:{attribute}", MIN_UID)
     sources: dict[str, tuple[bytes | None, Dataset | None]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -312,7 +314,7 @@ def check_unit(task: dict) -> list[dict]:
                 findings.add_source(ds)
         found = findings.automaton()
         known = {value.decode("latin-1") for value in findings.patterns}
-        return [_check_object(row, sources[row["source_url"]], found, task["index"].get(row["output_key"], ""),
+        return [_check_object(row, sources[row["source_url"]], found, task["index"][row["output_key"]],
                               profile, dest_fs, dest_path, known) for row in task["rows"]]
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,6 +57,8 @@ class RunResult:
     dry_run: bool = False
     max_error_rate: float | None = None
     report: str = ""
+    verified: bool | None = None  # None: not verified
+
 
     @property
     def error_rate(self) -> float:
@@ -65,7 +67,7 @@ class RunResult:
     @property
     def ok(self) -> bool:
         too_many = self.max_error_rate is not None and self.error_rate > self.max_error_rate
-        return not self.failed_units and not too_many
+        return not self.failed_units and not too_many and self.verified is not False
 
 
 def resolve_key(secret: str | bytes | None) -> bytes:
@@ -250,9 +252,12 @@ def _complete(summary: dict | None, units_total: int) -> bool:
 def run(source: str, dest: str, tables: str, profile: Profile | None = None, client=None,
         secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
-        max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None,
+        max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, verify: bool = False,
         **profile_flags: bool) -> RunResult:
-    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
+    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`.
+
+    `verify` checks the finished run as `dicom-deid verify` does; `ok` is then False on any finding.
+    """
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
 
@@ -300,10 +305,16 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                      **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
                                                          "failed_units", "objects", "source_bytes")}}
         summary = finalize(tables, dest, storage_options, run=run_facts)
-    return RunResult(
+    result = RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
         output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
         units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
         elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
         max_error_rate=max_error_rate, report=report + describe(summary))
+    if not verify:
+        return result
+    from .verify import verify as check
+
+    verification = check(dest, tables, client=client, storage_options=storage_options)
+    return replace(result, verified=verification.ok, report=f"{result.report}\n{verification.describe()}")

@@ -1,10 +1,11 @@
-"""`dicom-deid verify`: prove from what a finished run left behind that nothing leaked and nothing was lost."""
+"""`dicom-deid verify`: show from what a finished run left that nothing leaked and nothing was lost."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -35,6 +36,8 @@ REPORT_SCHEMA = pa.schema([
 ])
 # Totals that make verification fail; the others are information.
 FAILING = ("leaks", "profile_errors", "lost", "unaccounted", "inconsistencies")
+TOTALS = ("objects", "outputs", "quarantined", "source_checked", *FAILING, "dangling", "references_external",
+          "references_to_quarantined", "validity_checked", "validity_regressions")
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,17 @@ def _run_tasks(tasks: list[dict], client, objects: int) -> list[dict]:
         return [r for part in active.gather(futures) for r in part]
 
 
+def _study(result: dict) -> str:
+    """The output's new Study Instance UID, the first segment of its key."""
+    return result["output_key"].split("/", 1)[0]
+
+
 def _inconsistent(results: list[dict]) -> dict[str, list[str]]:
     """Output study -> attributes whose values differ across its objects where their sources agreed."""
     studies: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         if r["study"] is not None:
-            studies[r["output_key"].split("/", 1)[0]].append(r)
+            studies[_study(r)].append(r)
     found = {}
     for study, members in studies.items():
         bad = []
@@ -142,132 +150,183 @@ def _inconsistent(results: list[dict]) -> dict[str, list[str]]:
     return found
 
 
-def verify(dest: str, tables: str, source: str | None = None, client=None,
-           storage_options: dict | None = None, *, validity_limit: int = VALIDITY_LIMIT) -> Verification:
-    """Check a finished run's DEST against its tables (and SOURCE when reachable); write the report."""
-    started = time.perf_counter()
-    dest, tables = absolute(dest), absolute(tables)
+@dataclass
+class _Run:
+    """What a finished run left: its tables, DEST's keys and index."""
+
+    job: dict
+    manifest: list[dict]
+    quarantine: list[dict]
+    uids: list[dict]
+    planned: list[dict]
+    outputs: set[str]
+    index: dict[str, str]
+    other_jobs: set[str]
+
+
+def _load(dest: str, tables: str, storage_options: dict | None) -> _Run:
     fs, path = filesystem(tables, storage_options)
     if not retry(fs.exists, f"{path}/{JOB_NAME}") or not retry(fs.exists, f"{path}/{SUMMARY_NAME}"):
         raise JobError(f"no finished dicom-deid run in {tables} (run or finalize it first)")
-    job = json.loads(retry(fs.cat_file, f"{path}/{JOB_NAME}"))
-    manifest = _table(fs, path, "manifest", MANIFEST_SCHEMA).to_pylist()
-    quarantine = _table(fs, path, "quarantine", QUARANTINE_SCHEMA).to_pylist()
-    uid_rows = _table(fs, path, "uid_map", UID_MAP_SCHEMA).select(["original_uid", "new_uid", "attribute",
-                                                                   "unit_id"]).to_pylist()
     planned = _table(fs, path, "plan") or _table(fs, path, "inventory")
-    plan_rows = planned.select(["url", "sop_uid"]).to_pylist() if planned is not None else []
     dest_fs, dest_path = filesystem(dest, storage_options)
-    outputs = _outputs(dest_fs, dest_path)
     index, other_jobs = _index(dest_fs, dest_path, tables)
-    source_read = _source_of(job["source"], source, storage_options)
+    return _Run(json.loads(retry(fs.cat_file, f"{path}/{JOB_NAME}")),
+                _table(fs, path, "manifest", MANIFEST_SCHEMA).to_pylist(),
+                _table(fs, path, "quarantine", QUARANTINE_SCHEMA).to_pylist(),
+                _table(fs, path, "uid_map", UID_MAP_SCHEMA).select(
+                    ["original_uid", "new_uid", "attribute", "unit_id"]).to_pylist(),
+                planned.select(["url", "sop_uid"]).to_pylist() if planned is not None else [],
+                _outputs(dest_fs, dest_path), index, other_jobs)
 
-    problems: dict[str, set[str]] = defaultdict(set)  # url or output key -> completeness problems
+
+def _completeness(run: _Run) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Planned inputs that are not exactly one output or one quarantine row; outputs and rows of no input."""
+    lost: dict[str, set[str]] = defaultdict(set)
     by_url: dict[str, list[dict]] = defaultdict(list)
-    for row in manifest:
+    for row in run.manifest:
         by_url[row["source_url"]].append(row)
-    planned_urls = {r["url"] for r in plan_rows}
-    quarantined_urls = {q["source_url"] for q in quarantine}
-    key_users = Counter(r["output_key"] for r in manifest if r["status"] == "written")
-    for url in planned_urls:
+    planned = {r["url"] for r in run.planned}
+    quarantined = {q["source_url"] for q in run.quarantine}
+    key_users = Counter(r["output_key"] for r in run.manifest if r["status"] == "written")
+    for url in planned:
         rows = by_url.get(url, [])
         if len(rows) != 1:
-            problems[url].add("no-manifest-row" if not rows else "several-manifest-rows")
+            lost[url].add("no-manifest-row" if not rows else "several-manifest-rows")
         for row in rows:
-            if row["status"] == "written" and row["output_key"] not in outputs:
-                problems[url].add("output-missing")
+            if row["status"] == "written" and row["output_key"] not in run.outputs:
+                lost[url].add("output-missing")
             if row["status"] == "written" and key_users[row["output_key"]] > 1:
-                problems[url].add("output-key-shared")
-            if row["status"] != "written" and url not in quarantined_urls:
-                problems[url].add("no-quarantine-row")
-    unaccounted = {url: {"manifest-row-not-planned"} for url in by_url if url not in planned_urls}
-    unaccounted |= {url: {"quarantine-row-without-manifest-row"} for url in quarantined_urls - set(by_url)}
-    written_keys = set(key_users)
-    unaccounted |= {key: {"output-without-manifest-row"} for key in outputs - written_keys - other_jobs}
-    unaccounted |= {key: {"index-row-without-output"} for key in set(index) - written_keys}
+                lost[url].add("output-key-shared")
+            if row["status"] != "written" and url not in quarantined:
+                lost[url].add("no-quarantine-row")
+    unaccounted = {url: {"manifest-row-not-planned"} for url in by_url if url not in planned}
+    unaccounted |= {url: {"quarantine-row-without-manifest-row"} for url in quarantined - set(by_url)}
+    keys = set(key_users)
+    unaccounted |= {key: {"output-without-manifest-row"} for key in run.outputs - keys - run.other_jobs}
+    unaccounted |= {key: {"index-row-without-output"} for key in set(run.index) - keys}
+    return lost, unaccounted
 
-    written = [r for r in manifest if r["status"] == "written"]
+
+def _tasks(run: _Run, dest: str, source_read: Callable[[str], str | None], storage_options: dict | None,
+           validity_limit: int) -> list[dict]:
+    """One task per unit: its outputs, where to re-read their sources, its UIDs and index rows."""
+    written = [r for r in run.manifest if r["status"] == "written"]
     validity = _spread([r["output_key"] for r in written], validity_limit if dciodvfy_available() else 0)
-    uids_by_unit: dict[str, list] = defaultdict(list)
-    for u in uid_rows:
-        uids_by_unit[u["unit_id"]].append((u["original_uid"], u["attribute"]))
-    rows_by_unit: dict[str, list] = defaultdict(list)
+    uids: dict[str, list] = defaultdict(list)
+    for u in run.uids:
+        uids[u["unit_id"]].append((u["original_uid"], u["attribute"]))
+    rows: dict[str, list] = defaultdict(list)
     for r in written:
-        rows_by_unit[r["unit_id"]].append({"source_url": r["source_url"], "source_read": source_read(r["source_url"]),
-                                           "output_key": r["output_key"], "validity": r["output_key"] in validity})
-    tasks = [{"profile": job["profile"], "dest": dest, "storage_options": storage_options, "rows": rows,
-              "uids": uids_by_unit[unit], "index": {r["output_key"]: index.get(r["output_key"], "") for r in rows}}
-             for unit, rows in sorted(rows_by_unit.items())]
-    results = _run_tasks(tasks, client, len(written))
+        rows[r["unit_id"]].append({"source_url": r["source_url"], "source_read": source_read(r["source_url"]),
+                                   "output_key": r["output_key"], "validity": r["output_key"] in validity})
+    return [{"profile": run.job["profile"], "dest": dest, "storage_options": storage_options,
+             "rows": members, "uids": uids[unit],
+             "index": {r["output_key"]: run.index.get(r["output_key"], "") for r in members}}
+            for unit, members in sorted(rows.items())]
 
-    originals = {u["original_uid"] for u in uid_rows}
-    reverse = {u["new_uid"]: u["original_uid"] for u in uid_rows}
-    sop_urls: dict[str, list[str]] = defaultdict(list)
-    for r in plan_rows:
-        if r["sop_uid"]:
-            sop_urls[r["sop_uid"]].append(r["url"])
-    status = {r["source_url"]: r["status"] for r in manifest}
-    output_sops = {r["sop_uid"] for r in results if r["sop_uid"]}
+
+class _References:
+    """Resolves an output's references: to an output, to an input never in SOURCE, or dangling."""
+
+    def __init__(self, run: _Run, results: list[dict]) -> None:
+        self.outputs = {r["sop_uid"] for r in results if r["sop_uid"]}
+        self.reverse = {u["new_uid"]: u["original_uid"] for u in run.uids}
+        self.inputs: dict[str, list[str]] = defaultdict(list)
+        for r in run.planned:
+            if r["sop_uid"]:
+                self.inputs[r["sop_uid"]].append(r["url"])
+        self.status = {r["source_url"]: r["status"] for r in run.manifest}
+
+    def count(self, references: list[str]) -> Counter:
+        kinds: Counter = Counter()
+        for ref in references:
+            if ref not in self.outputs:
+                targets = self.inputs.get(self.reverse.get(ref, ref), [])
+                if not targets:
+                    kinds["references_external"] += 1
+                elif any(self.status.get(t) == "written" for t in targets):
+                    kinds["dangling"] += 1
+                else:
+                    kinds["references_to_quarantined"] += 1
+        return kinds
+
+
+def _object_rows(run: _Run, results: list[dict], lost: dict[str, set[str]], totals: Counter) -> list[dict]:
+    """One report row per checked output, counting into `totals`."""
+    originals = {u["original_uid"] for u in run.uids}
+    references = _References(run, results)
     inconsistent = _inconsistent(results)
-    totals = Counter()
-    report = []
+    rows = []
     for r in results:
-        url = r["source_url"]
         if r.get("missing"):
-            problems[url].add("output-missing")
+            lost[r["source_url"]].add("output-missing")
         elif not r["readable"]:
-            problems[url].add("unreadable")
+            lost[r["source_url"]].add("unreadable")
         leaked = set(r["leak_attributes"])
-        places = set(r["leak_places"])
         if originals.intersection(r["uid_tokens"]):  # a UID of another unit's objects
             leaked.add("uid:other-unit")
-        dangling = quarantined_refs = 0
-        for ref in r["references"]:
-            if ref in output_sops:
-                continue
-            targets = sop_urls.get(reverse.get(ref, ref), [])
-            if not targets:
-                totals["references_external"] += 1
-            elif any(status.get(t) == "written" for t in targets):
-                dangling += 1
-            else:
-                quarantined_refs += 1
-        totals["references_to_quarantined"] += quarantined_refs
-        totals["dangling"] += dangling
-        totals["source_checked"] += r["source_checked"]
-        if r["validity_new_errors"] is not None:
-            totals["validity_checked"] += 1
-            totals["validity_regressions"] += r["validity_new_errors"] > 0
-        report.append({"source_url": url, "output_key": r["output_key"], "status": "written",
-                       "source_checked": r["source_checked"], "leaks": len(leaked),
-                       "leak_attributes": ", ".join(sorted(leaked)), "leak_places": ", ".join(sorted(places)),
-                       "profile_errors": ", ".join(r["profile_errors"]),
-                       "inconsistent_attributes": ", ".join(inconsistent.get(r["output_key"].split("/")[0], [])),
-                       "dangling_references": dangling, "references_to_quarantined": quarantined_refs,
-                       "validity_new_errors": r["validity_new_errors"]})
-        totals["leaks"] += bool(leaked)
-        totals["profile_errors"] += bool(r["profile_errors"])
-    checked = {r["source_url"] for r in report}
-    for url in sorted(planned_urls - checked):
-        rows = by_url.get(url, [])
-        report.append({"source_url": url, "output_key": rows[0]["output_key"] if rows else None,
-                       "status": rows[0]["status"] if rows else "missing", "source_checked": False})
+        kinds = references.count(r["references"])
+        totals.update(kinds)
+        totals.update(source_checked=r["source_checked"], leaks=bool(leaked),
+                      profile_errors=bool(r["profile_errors"]),
+                      validity_checked=r["validity_new_errors"] is not None,
+                      validity_regressions=bool(r["validity_new_errors"]))
+        rows.append({"source_url": r["source_url"], "output_key": r["output_key"], "status": "written",
+                     "source_checked": r["source_checked"], "leaks": len(leaked),
+                     "leak_attributes": ", ".join(sorted(leaked)), "leak_places": ", ".join(r["leak_places"]),
+                     "profile_errors": ", ".join(r["profile_errors"]),
+                     "inconsistent_attributes": ", ".join(inconsistent.get(_study(r), [])),
+                     "dangling_references": kinds["dangling"],
+                     "references_to_quarantined": kinds["references_to_quarantined"],
+                     "validity_new_errors": r["validity_new_errors"]})
+    totals["inconsistencies"] += sum(len(v) for v in inconsistent.values()) + totals["dangling"]
+    return rows
+
+
+def _other_rows(run: _Run, checked: set[str], unaccounted: dict[str, set[str]]) -> list[dict]:
+    """Report rows of inputs with no output to check, and of outputs or table rows that no input explains."""
+    first = {}
+    for row in run.manifest:
+        first.setdefault(row["source_url"], row)
+    rows = [{"source_url": url, "output_key": first[url]["output_key"] if url in first else None,
+             "status": first[url]["status"] if url in first else "missing", "source_checked": False}
+            for url in sorted({r["url"] for r in run.planned} - checked)]
     for name, what in sorted(unaccounted.items()):
-        is_key = name in outputs or name in index
-        report.append({"source_url": None if is_key else name, "output_key": name if is_key else None,
-                       "status": "unaccounted", "source_checked": False, "completeness": ", ".join(sorted(what))})
+        is_key = name in run.outputs or name in run.index
+        rows.append({"source_url": None if is_key else name, "output_key": name if is_key else None,
+                     "status": "unaccounted", "source_checked": False,
+                     "completeness": ", ".join(sorted(what))})
+    return rows
+
+
+def verify(dest: str, tables: str, source: str | None = None, client=None,
+           storage_options: dict | None = None, *, validity_limit: int = VALIDITY_LIMIT) -> Verification:
+    """Check a finished run's DEST against its tables (and SOURCE when reachable); write the report.
+
+    SOURCE, when given, replaces the run's source location (same layout below it); otherwise the inputs
+    are re-read where the run read them, when reachable. dciodvfy runs on at most `validity_limit` outputs.
+    """
+    started = time.perf_counter()
+    dest, tables = absolute(dest), absolute(tables)
+    run = _load(dest, tables, storage_options)
+    lost, unaccounted = _completeness(run)
+    tasks = _tasks(run, dest, _source_of(run.job["source"], source, storage_options), storage_options,
+                   validity_limit)
+    results = _run_tasks(tasks, client, sum(len(t["rows"]) for t in tasks))
+    totals: Counter = Counter()
+    report = _object_rows(run, results, lost, totals)
+    report += _other_rows(run, {r["source_url"] for r in report}, unaccounted)
     for row in report:
         if row["status"] != "unaccounted":
-            row["completeness"] = ", ".join(sorted(problems.get(row["source_url"], ())))
-    totals.update(objects=len(planned_urls), outputs=len(written), quarantined=len(manifest) - len(written),
-                  lost=sum(1 for url in planned_urls if problems.get(url)), unaccounted=len(unaccounted),
-                  inconsistencies=sum(len(v) for v in inconsistent.values()) + totals["dangling"])
-    totals = {name: totals[name] for name in (
-        "objects", "outputs", "quarantined", "source_checked", "leaks", "profile_errors", "lost", "unaccounted",
-        "inconsistencies", "dangling", "references_external", "references_to_quarantined",
-        "validity_checked", "validity_regressions")}
-    totals["elapsed_seconds"] = round(time.perf_counter() - started, 3)
-    report_path = f"{tables.rstrip('/')}/{REPORT_FOLDER}/report.parquet"
-    write_table(fs, f"{path}/{REPORT_FOLDER}/report.parquet", pa.Table.from_pylist(report, schema=REPORT_SCHEMA))
-    put_bytes(fs, f"{path}/{REPORT_FOLDER}/summary.json", json.dumps(totals, indent=2).encode())
-    return Verification(totals, report_path)
+            row["completeness"] = ", ".join(sorted(lost.get(row["source_url"], ())))
+    written = sum(r["status"] == "written" for r in run.manifest)
+    totals.update(objects=len(run.planned), outputs=written, quarantined=len(run.manifest) - written,
+                  lost=sum(1 for r in run.planned if lost.get(r["url"])), unaccounted=len(unaccounted))
+    figures = {name: totals[name] for name in TOTALS}
+    figures["elapsed_seconds"] = round(time.perf_counter() - started, 3)
+    fs, path = filesystem(tables, storage_options)
+    write_table(fs, f"{path}/{REPORT_FOLDER}/report.parquet",
+                pa.Table.from_pylist(report, schema=REPORT_SCHEMA))
+    put_bytes(fs, f"{path}/{REPORT_FOLDER}/summary.json", json.dumps(figures, indent=2).encode())
+    return Verification(figures, f"{tables.rstrip('/')}/{REPORT_FOLDER}/report.parquet")
