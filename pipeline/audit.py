@@ -165,25 +165,27 @@ def _meta_end(data: bytes) -> int:
     return pos
 
 
-def _bulk_spans(ds: Dataset) -> Iterator[tuple[int, int]]:
-    """(file offset, length) of the bulk data values, read before pydicom converts them."""
+def _unsearched(ds: Dataset, private_kept: bool, inside_private: bool = False) -> Iterator[tuple[int, int]]:
+    """(file offset, length) of values not searched, read before pydicom converts them: bulk data, and
+    private attributes when the profile keeps them (their content is kept on purpose, whatever it says)."""
     for tag in list(ds.keys()):
         item = ds.get_item(tag)
-        if int(tag) in BULK_TAGS and isinstance(item, RawDataElement) and item.value:
+        private = inside_private or (private_kept and tag.is_private)
+        if (private or int(tag) in BULK_TAGS) and isinstance(item, RawDataElement) and item.value:
             yield item.value_tell, len(item.value)
         elif ds[tag].VR == "SQ":
             for child in ds[tag].value or ():
-                yield from _bulk_spans(child)
+                yield from _unsearched(child, private_kept, private)
 
 
-def regions(data: bytes, ds: Dataset, bulk: list[tuple[int, int]]) -> dict[str, bytes]:
-    """The output's bytes by place, bulk data left out."""
+def regions(data: bytes, ds: Dataset, skip: list[tuple[int, int]]) -> dict[str, bytes]:
+    """The output's bytes by place, the `skip` spans left out."""
     meta_end = _meta_end(data) if data[128:132] == b"DICM" else 0
     if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE:
         body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
     else:
         parts, pos = [], meta_end
-        for start, length in sorted(bulk):
+        for start, length in sorted(skip):
             parts.append(data[pos:max(pos, start)])
             pos = max(pos, start + length)
         body = b"".join([*parts, data[pos:]])
@@ -264,13 +266,14 @@ def validity_regressions(output: bytes, source: bytes) -> int | None:
     return None if after is None or before is None else len(after - before)
 
 
-def _read(data: bytes) -> tuple[Dataset, list[tuple[int, int]]]:
-    """A whole re-read (every element converted, as any reader of the output would) and its bulk data."""
+def _read(data: bytes, private_kept: bool) -> tuple[Dataset, list[tuple[int, int]]]:
+    """A whole re-read (every element converted, as any reader of the output would) and what not to search."""
     ds = pydicom.dcmread(io.BytesIO(data))
-    bulk = [] if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE else list(_bulk_spans(ds))
+    deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE
+    skip = [] if deflated else list(_unsearched(ds, private_kept))
     for _ in ds.iterall():
         pass
-    return ds, bulk
+    return ds, skip
 
 
 def _parse_source(data: bytes | None) -> Dataset | None:
@@ -332,12 +335,12 @@ def _check_object(row: dict, source: tuple[bytes | None, Dataset | None], found,
         return result
     places = {"key": row["output_key"].encode(), "index": index_text.encode()}
     try:
-        ds, bulk = _read(data)
+        ds, skip = _read(data, profile.retain_private_tags or profile.retain_safe_private)
     except Exception:  # anything a reader trips on makes the output unreadable
         places["file"] = data
         ds = None
     else:
-        places.update(regions(data, ds, bulk))
+        places.update(regions(data, ds, skip))
         result.update(readable=True, profile_errors=profile_errors(ds, profile), study=study_values(ds),
                       sop_uid=str(ds.get("SOPInstanceUID", "")), references=references(ds))
     leaks = {(what, place) for place, text in places.items() for _, what in hits(found, text)}
