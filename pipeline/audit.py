@@ -45,7 +45,7 @@ UID_TOKEN = re.compile(rb"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}(?![0-9.])")
 STANDARD_UID_ROOTS = ("1.2.840.10008.", "2.25.")
 _QUOTED_VALUE = re.compile(r"= <[^>]*>")  # how dciodvfy quotes a value; attribute names stay
 _ANY_UID = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
-_DIGITS_AND_DOTS = frozenset(b"0123456789.")
+_DIGITS = frozenset(b"0123456789")
 _SOURCE_META_IDENTIFYING = (0x00020003, 0x00020016, 0x00020017, 0x00020018)
 
 
@@ -138,10 +138,13 @@ class Findings:
 
 
 def _bounded(data: bytes, start: int, end: int) -> bool:
-    """A number or UID found inside a longer number is a coincidence, not a copy."""
-    before = data[start - 1] if start > 0 else None
-    after = data[end + 1] if end + 1 < len(data) else None
-    return before not in _DIGITS_AND_DOTS and after not in _DIGITS_AND_DOTS
+    """A number or UID found inside a longer one is a coincidence, not a copy ("1.2.3.dcm" is a copy)."""
+    def digit(i: int) -> bool:
+        return 0 <= i < len(data) and data[i] in _DIGITS
+
+    def continues(i: int, step: int) -> bool:
+        return digit(i) or (0 <= i < len(data) and data[i] == ord(".") and digit(i + step))
+    return not continues(start - 1, -1) and not continues(end + 1, 1)
 
 
 def hits(found: ahocorasick.Automaton | None, data: bytes) -> Iterator[tuple[bytes, str]]:

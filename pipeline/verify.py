@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+from fsspec.core import split_protocol
 
 from .audit import check_unit, dciodvfy_available
 from .finalize import INDEX_FOLDER, SUMMARY_NAME, index_path
@@ -95,7 +96,8 @@ def _index(dest_fs, dest_path: str, tables: str) -> tuple[dict[str, str], set[st
     return mine, others
 
 
-def _source_of(job_source: str, source: str | None, storage_options: dict | None):
+def _source_of(job_source: str, source: str | None,
+               storage_options: dict | None) -> Callable[[str], str | None]:
     """How to read an input again: from SOURCE given here (same layout), else where the run read it."""
     root = absolute(source) if source else job_source
     fs, path = filesystem(root, storage_options)
@@ -107,7 +109,12 @@ def _source_of(job_source: str, source: str | None, storage_options: dict | None
         return lambda url: None
     if source is None:
         return lambda url: url
-    return lambda url: root + url[len(job_source):] if url.startswith(job_source) else url
+    old = split_protocol(job_source)[1].rstrip("/") + "/"
+
+    def moved(url: str) -> str:
+        path = split_protocol(url)[1]
+        return root.rstrip("/") + "/" + path[len(old):] if path.startswith(old) else url
+    return moved
 
 
 def _spread(keys: list[str], limit: int) -> set[str]:

@@ -84,7 +84,7 @@ def test_every_planted_fault_is_found(tmp_path, dask_client, capsys):
     missing, priv, identity, referrer = second
     inconsistent, extra_of = third[:2]
 
-    _rewrite(dest / keys[name_in_kept], lambda ds: setattr(ds, "BodyPartExamined", PATIENT_NAME + "0"))
+    _rewrite(dest / keys[name_in_kept], lambda ds: setattr(ds, "ManufacturerModelName", PATIENT_NAME + "0"))
     original_series = source[urls[uid_nested]].SeriesInstanceUID
     item = Dataset()
     item.ReferencedSOPClassUID = original_series
@@ -124,7 +124,7 @@ def test_every_planted_fault_is_found(tmp_path, dask_client, capsys):
     stray = report[report.output_key == "stray.dcm"]
     assert list(stray.completeness) == ["output-without-manifest-row"]
     assert row(identity).profile_errors == "patient-identity-removed"
-    assert row(priv).profile_errors == "private (0011,1001)"
+    assert row(priv).profile_errors == "private (0011,0010), private (0011,1001)"  # creator and element
     assert row(referrer).dangling_references == 1
     assert set(report[report.output_key.str.startswith(keys[inconsistent].split("/")[0])]
                .inconsistent_attributes) == {"PatientSex"}
@@ -145,7 +145,8 @@ def test_leaks_are_found_without_the_source_from_the_uid_map(tmp_path, dask_clie
     manifest = pd.read_parquet(tables / "manifest.parquet")
     uids = pd.read_parquet(tables / "uid_map.parquet")
     key = manifest.output_key.iloc[0]
-    other_study = uids[uids.new_study_uid != key.split("/")[0]].original_uid.iloc[0]
+    other_study = uids[(uids.new_study_uid != key.split("/")[0])
+                       & (uids.attribute == "StudyInstanceUID")].original_uid.iloc[0]
     _rewrite(dest / key, lambda ds: setattr(ds, "ImageComments", f"see {other_study}"))
     shutil.rmtree(tmp_path / "src")
     v = verify(str(dest), str(tables), validity_limit=0)
