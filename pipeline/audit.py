@@ -72,8 +72,11 @@ def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
 def _walk(ds: Dataset, depth: int = 0) -> Iterator[tuple[Dataset, int, str, bytes | None]]:
     """Every element at any depth as (its dataset, tag, VR, raw value bytes); sequences are walked."""
     for tag in list(ds.keys()):
-        raw = _raw_bytes(ds, tag)
-        elem = ds[tag]
+        try:
+            raw = _raw_bytes(ds, tag)
+            elem = ds[tag]
+        except Exception:  # an element pydicom cannot read (broken input) gives no value; its output is
+            continue       # still searched for every UID and every value read elsewhere
         vr = elem.VR
         if vr == "SQ":
             for item in elem.value or ():
@@ -182,17 +185,17 @@ def _unsearched(ds: Dataset, private_kept: bool, inside_private: bool = False) -
 
 
 def regions(data: bytes, ds: Dataset, skip: list[tuple[int, int]]) -> dict[str, bytes]:
-    """The output's bytes by place, the `skip` spans left out."""
+    """The output's bytes by place (a deflated body inflated), the `skip` spans left out."""
     meta_end = _meta_end(data) if data[128:132] == b"DICM" else 0
-    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE:
-        body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
-    else:
-        parts, pos = [], meta_end
-        for start, length in sorted(skip):
-            parts.append(data[pos:max(pos, start)])
-            pos = max(pos, start + length)
-        body = b"".join([*parts, data[pos:]])
-    return {"preamble": data[:128] if meta_end else b"", "file-meta": data[132:meta_end], "body": body}
+    body, base = data, meta_end
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE:  # pydicom's offsets are the inflated ones
+        body, base = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS), 0
+    parts, pos = [], base
+    for start, length in sorted(skip):
+        parts.append(body[pos:max(pos, start)])
+        pos = max(pos, start + length)
+    return {"preamble": data[:128] if meta_end else b"", "file-meta": data[132:meta_end],
+            "body": b"".join([*parts, body[pos:]])}
 
 
 def profile_errors(ds: Dataset, profile: Profile) -> list[str]:
@@ -205,14 +208,15 @@ def profile_errors(ds: Dataset, profile: Profile) -> list[str]:
     if codes != {(value, "DCM") for value, _ in options_used(profile)}:
         errors.append("method-codes")
     keep_all = profile.retain_private_tags and not profile.retain_safe_private
-    overlay_data = resolved_action(0x60003000, profile)
+    # Overlay Data and Overlay Comments are what Table E.1-1 names; other overlay attributes are kept.
+    overlay_actions = {e: resolved_action(0x6000 << 16 | e, profile) for e in (0x3000, 0x4000)}
     for where, tag, _, raw in _walk(ds):
         group, element = tag >> 16, tag & 0xFFFF
         if group & 1 and not keep_all and not _safe_private(where, tag, profile):
             errors.append(f"private ({group:04X},{element:04X})")
         elif group & 0xFF00 == 0x5000:
             errors.append(f"curve ({group:04X},{element:04X})")
-        elif group & 0xFF01 == 0x6000 and overlay_data == "X":
+        elif group & 0xFF01 == 0x6000 and overlay_actions.get(element) == "X":
             errors.append(f"overlay ({group:04X},{element:04X})")
         elif group & 0xFF01 == 0x6000 and element == 0x3000 and raw and raw.strip(b"\0"):
             errors.append(f"overlay data not blank ({group:04X},3000)")
@@ -272,8 +276,7 @@ def validity_regressions(output: bytes, source: bytes) -> int | None:
 def _read(data: bytes, private_kept: bool) -> tuple[Dataset, list[tuple[int, int]]]:
     """A whole re-read (every element converted, as any reader of the output would) and what not to search."""
     ds = pydicom.dcmread(io.BytesIO(data))
-    deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATE
-    skip = [] if deflated else list(_unsearched(ds, private_kept))
+    skip = list(_unsearched(ds, private_kept))
     for _ in ds.iterall():
         pass
     return ds, skip
@@ -315,9 +318,12 @@ def check_unit(task: dict) -> list[dict]:
         for row in task["rows"]:
             data = _fetch(row["source_read"], options) if row["source_read"] else None
             ds = _parse_source(data)
+            try:
+                if ds is not None:
+                    findings.add_source(ds)
+            except Exception:  # whatever a hostile input does to pydicom, the output is still searched
+                ds = None
             sources[row["source_url"]] = (data, ds)
-            if ds is not None:
-                findings.add_source(ds)
         found = findings.automaton()
         known = {value.decode("latin-1") for value in findings.patterns}
         return [_check_object(row, sources[row["source_url"]], found, task["index"][row["output_key"]],
