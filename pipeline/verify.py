@@ -195,7 +195,8 @@ def _completeness(run: _Run) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         by_url[row["source_url"]].append(row)
     planned = {r["url"] for r in run.planned}
     quarantined = {q["source_url"] for q in run.quarantine}
-    key_users = Counter(r["output_key"] for r in run.manifest if r["status"] == "written")
+    key_users = Counter(key for _, key in {(r["source_url"], r["output_key"]) for r in run.manifest
+                                            if r["status"] == "written"})  # inputs written to each key
     for url in planned:
         rows = by_url.get(url, [])
         if len(rows) != 1:

@@ -19,7 +19,7 @@ from samples import CORPUS, PATIENT_ID, PATIENT_NAME, SECRET, study_objects, wri
 
 import pipeline
 from pipeline.cli import main
-from pipeline.verify import verify
+from pipeline.verify import _completeness, _inconsistent, _Run, verify
 
 PYDICOM_FILES = str(Path(pydicom.__file__).parent / "data" / "test_files")
 
@@ -112,6 +112,9 @@ def test_every_planted_fault_is_found(tmp_path, dask_client, capsys):
         ds.ReferencedImageSequence = Sequence([to_missing, elsewhere])
     _rewrite(dest / keys[referrer], add_references)
     _rewrite(dest / keys[inconsistent], lambda ds: setattr(ds, "PatientSex", "F"))
+    patient_id = str(source[urls[extra_of]].PatientID).encode()
+    output = (dest / keys[extra_of]).read_bytes()
+    (dest / keys[extra_of]).write_bytes(patient_id + output[len(patient_id):])  # in the preamble
 
     v = verify(str(dest), str(tables), validity_limit=0)
     report = pd.read_parquet(tables / "verify" / "report.parquet").set_index("source_url", drop=False)
@@ -128,10 +131,11 @@ def test_every_planted_fault_is_found(tmp_path, dask_client, capsys):
     assert row(referrer).dangling_references == 1
     assert set(report[report.output_key.str.startswith(keys[inconsistent].split("/")[0])]
                .inconsistent_attributes) == {"PatientSex"}
+    assert row(extra_of).leak_attributes == "PatientID" and row(extra_of).leak_places == "preamble"
     t = v.totals
-    assert (t["leaks"], t["lost"], t["unaccounted"], t["profile_errors"]) == (4, 1, 1, 2)
+    assert (t["leaks"], t["lost"], t["unaccounted"], t["profile_errors"]) == (5, 1, 1, 2)
     assert t["inconsistencies"] == 2 and t["dangling"] == 1 and t["references_external"] == 1
-    assert report.leaks.fillna(0).sum() == 4  # nothing else is counted: no false positive
+    assert report.leaks.fillna(0).sum() == 5  # nothing else is counted: no false positive
     assert not v.ok
 
     assert main(["verify", str(dest), "--tables", str(tables), "--validity-limit", "0"]) == 1
@@ -205,3 +209,48 @@ def test_a_corpus_run_verifies_clean(tmp_path, dask_client):
     v = verify(str(dest), str(tables), client=dask_client, validity_limit=20)
     _clean(v)
     assert v.totals["outputs"] == result.written and v.totals["source_checked"] == result.written
+
+
+def _table_run(**changes) -> _Run:
+    """Tables of a run of three inputs (two written, one quarantined) that agree, with `changes` applied."""
+    manifest = [{"source_url": "s/a", "status": "written", "output_key": "1/2/3.dcm"},
+                {"source_url": "s/b", "status": "written", "output_key": "1/2/4.dcm"},
+                {"source_url": "s/c", "status": "quarantined", "output_key": None}]
+    fields = {"job": {}, "manifest": manifest, "quarantine": [{"source_url": "s/c"}], "uids": [],
+              "planned": [{"url": u, "sop_uid": None} for u in ("s/a", "s/b", "s/c")],
+              "outputs": {"1/2/3.dcm", "1/2/4.dcm"}, "index": {"1/2/3.dcm": "", "1/2/4.dcm": ""},
+              "other_jobs": set()}
+    return _Run(**{**fields, **changes})
+
+
+def test_completeness_names_every_way_an_input_is_lost_or_an_output_unaccounted():
+    assert _completeness(_table_run()) == ({}, {})
+    base = _table_run()
+    lost, unaccounted = _completeness(_table_run(
+        manifest=[base.manifest[0], base.manifest[0] | {"source_url": "s/b"}, base.manifest[2],
+                  base.manifest[2] | {"source_url": "s/x"}],
+        quarantine=[{"source_url": "s/y"}],
+        planned=base.planned + [{"url": "s/d", "sop_uid": None}],
+        outputs={"1/2/3.dcm", "1/2/4.dcm", "9/9/9.dcm", "8/8/8.dcm"}, other_jobs={"8/8/8.dcm"},
+        index={"1/2/3.dcm": "", "7/7/7.dcm": ""}))
+    assert lost == {"s/a": {"output-key-shared"}, "s/b": {"output-key-shared"},
+                    "s/c": {"no-quarantine-row"}, "s/d": {"no-manifest-row"}}
+    assert unaccounted == {"s/x": {"manifest-row-not-planned"},
+                           "s/y": {"quarantine-row-without-manifest-row"},
+                           "1/2/4.dcm": {"output-without-manifest-row"},  # s/b names 1/2/3.dcm now
+                           "9/9/9.dcm": {"output-without-manifest-row"},  # 8/8/8.dcm: another job's
+                           "7/7/7.dcm": {"index-row-without-output"}}
+    lost, _ = _completeness(_table_run(manifest=base.manifest + [base.manifest[0]], outputs={"1/2/4.dcm"}))
+    assert lost == {"s/a": {"several-manifest-rows", "output-missing"}}
+
+
+def test_study_disagreement_counts_only_where_the_inputs_agreed():
+    def pair(first: tuple[str, str, str | None], second_study: str = "s1") -> dict:
+        """Study s1's first object (output key, output sex, input sex) and a second one, F in and out."""
+        return _inconsistent([
+            {"output_key": key, "study": {"PatientSex": sex}, "source_study": {"PatientSex": source_sex}}
+            for key, sex, source_sex in (first, (f"{second_study}/a/2.dcm", "F", "F"))])
+    assert pair(("s1/a/1.dcm", "", "F")) == {"s1": ["PatientSex"]}
+    assert pair(("s1/a/1.dcm", "", "M")) == {}  # the inputs disagreed already
+    assert pair(("s1/a/1.dcm", "", None)) == {"s1": ["PatientSex"]}  # input not read: counted
+    assert pair(("s1/a/1.dcm", "", "F"), second_study="s2") == {}
