@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -14,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 
 import ahocorasick
+import pyarrow.compute as pc
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -23,6 +25,7 @@ from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
 from .deid.rules import edition, resolved_action, safe_private
 from .deid.values import DUMMY_TEXT, dummy
 from .storage import filesystem, retry
+from .tables import read_table
 
 # Values a person could be found by, when the profile removes or replaces them.
 IDENTIFYING_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "UR", "AE", "DA", "DT", "UI"})
@@ -235,11 +238,15 @@ def _safe_private(ds: Dataset, tag: int, profile: Profile) -> bool:
     return (text, group, element & 0xFF) in safe_private()
 
 
-def study_values(ds: Dataset | None) -> dict[str, str | None]:
-    """The patient and study attributes of one object (None without a dataset)."""
+def study_values(ds: Dataset | None, digest: bool = False) -> dict[str, str | None]:
+    """The patient and study attributes of one object (None without a dataset); an input's as digests,
+    which compare as well and send no patient data to the driver."""
     if ds is None:
         return dict.fromkeys(STUDY_ATTRIBUTES)
-    return {k: str(ds.get(k) or "").strip() for k in STUDY_ATTRIBUTES}
+    values = {k: str(ds.get(k) or "").strip() for k in STUDY_ATTRIBUTES}
+    if digest:
+        return {k: hashlib.blake2b(v.encode(), digest_size=12).hexdigest() for k, v in values.items()}
+    return values
 
 
 def references(ds: Dataset) -> list[str]:
@@ -299,18 +306,31 @@ def _fetch(url: str, storage_options: dict | None) -> bytes | None:
         return None
 
 
+def _unit_uids(tables: str, unit_id: str, storage_options: dict | None) -> list[tuple[str, str]]:
+    """(original UID, attribute) of one unit: its uid_map part, else its rows of the compacted table."""
+    fs, path = filesystem(tables, storage_options)
+    part = f"{path}/uid_map/parts/{unit_id}.parquet"
+    if retry(fs.exists, part):
+        table = read_table(fs, part)
+    else:
+        table = read_table(fs, f"{path}/uid_map.parquet")
+        table = table.filter(pc.equal(table["unit_id"], unit_id))
+    return list(zip(table["original_uid"].to_pylist(), table["attribute"].to_pylist(), strict=True))
+
+
 def check_unit(task: dict) -> list[dict]:
     """Check one unit's outputs: leaks, profile, re-read, study values, references, validity.
 
-    `task`: profile (dict), dest, storage_options, rows [{source_url, source_read, output_key, validity}],
-    uids [(original_uid, attribute)] of the unit, index {output_key: text of its index row}.
+    `task`: profile (dict), dest, tables, unit_id, storage_options, rows [{source_url, source_read,
+    output_key, validity}], index {output_key: text of its index row}. The unit's original UIDs are read
+    here from its uid_map part, so that they never travel to the worker.
     """
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings quote values
     profile = Profile(**task["profile"])
     options = task["storage_options"]
     dest_fs, dest_path = filesystem(task["dest"], options)
     findings = Findings(profile)
-    for uid, attribute in task["uids"]:
+    for uid, attribute in _unit_uids(task["tables"], task["unit_id"], options):
         findings.add(uid.encode(), f"uid:{attribute}", MIN_UID)
     sources: dict[str, tuple[bytes | None, Dataset | None]] = {}
     with warnings.catch_warnings():
@@ -335,7 +355,7 @@ def _check_object(row: dict, source: tuple[bytes | None, Dataset | None], found,
     source_data, source_ds = source
     result = {"source_url": row["source_url"], "output_key": row["output_key"], "readable": False,
               "source_checked": source_ds is not None, "leak_attributes": [], "leak_places": [],
-              "profile_errors": [], "study": None, "source_study": study_values(source_ds),
+              "profile_errors": [], "study": None, "source_study": study_values(source_ds, digest=True),
               "sop_uid": None, "references": [], "uid_tokens": [], "validity_new_errors": None}
     try:
         data = retry(dest_fs.cat_file, f"{dest_path}/{row['output_key']}")

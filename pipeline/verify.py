@@ -182,7 +182,7 @@ def _load(dest: str, tables: str, storage_options: dict | None) -> _Run:
                 _table(fs, path, "manifest", MANIFEST_SCHEMA).to_pylist(),
                 _table(fs, path, "quarantine", QUARANTINE_SCHEMA).to_pylist(),
                 _table(fs, path, "uid_map", UID_MAP_SCHEMA).select(
-                    ["original_uid", "new_uid", "attribute", "unit_id"]).to_pylist(),
+                    ["original_uid", "new_uid"]).to_pylist(),
                 planned.select(["url", "sop_uid"]).to_pylist() if planned is not None else [],
                 _outputs(dest_fs, dest_path), index, other_jobs)
 
@@ -216,20 +216,17 @@ def _completeness(run: _Run) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return lost, unaccounted
 
 
-def _tasks(run: _Run, dest: str, source_read: Callable[[str], str | None], storage_options: dict | None,
-           validity_limit: int) -> list[dict]:
-    """One task per unit: its outputs, where to re-read their sources, its UIDs and index rows."""
+def _tasks(run: _Run, dest: str, tables: str, source_read: Callable[[str], str | None],
+           storage_options: dict | None, validity_limit: int) -> list[dict]:
+    """One task per unit: its outputs, where to re-read their sources, its index rows."""
     written = [r for r in run.manifest if r["status"] == "written"]
     validity = _spread([r["output_key"] for r in written], validity_limit if dciodvfy_available() else 0)
-    uids: dict[str, list] = defaultdict(list)
-    for u in run.uids:
-        uids[u["unit_id"]].append((u["original_uid"], u["attribute"]))
     rows: dict[str, list] = defaultdict(list)
     for r in written:
         rows[r["unit_id"]].append({"source_url": r["source_url"], "source_read": source_read(r["source_url"]),
                                    "output_key": r["output_key"], "validity": r["output_key"] in validity})
-    return [{"profile": run.job["profile"], "dest": dest, "storage_options": storage_options,
-             "rows": members, "uids": uids[unit],
+    return [{"profile": run.job["profile"], "dest": dest, "tables": tables, "unit_id": unit,
+             "storage_options": storage_options, "rows": members,
              "index": {r["output_key"]: run.index.get(r["output_key"], "") for r in members}}
             for unit, members in sorted(rows.items())]
 
@@ -319,7 +316,7 @@ def verify(dest: str, tables: str, source: str | None = None, client=None,
     dest, tables = absolute(dest), absolute(tables)
     run = _load(dest, tables, storage_options)
     lost, unaccounted = _completeness(run)
-    tasks = _tasks(run, dest, _source_of(run.job["source"], source, storage_options), storage_options,
+    tasks = _tasks(run, dest, tables, _source_of(run.job["source"], source, storage_options), storage_options,
                    validity_limit)
     results = _run_tasks(tasks, client, sum(len(t["rows"]) for t in tasks))
     totals: Counter = Counter()
