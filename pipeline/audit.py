@@ -17,8 +17,11 @@ from collections.abc import Iterator
 import ahocorasick
 import pyarrow.compute as pc
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
 
 from .deid import Profile
 from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
@@ -66,28 +69,43 @@ def _values(raw: bytes) -> list[bytes]:
     return [v.strip(b" \0") for v in raw.split(b"\\")]
 
 
-def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
-    """An element's stored value bytes, before pydicom converts them (None once converted)."""
-    item = ds.get_item(tag)
-    return item.value if isinstance(item, RawDataElement) and isinstance(item.value, bytes) else None
+def _stored_vr(tag: int, item: RawDataElement) -> str:
+    """The VR a raw element was stored with, the dictionary's where it says none or UN (as pydicom reads)."""
+    if item.VR not in (None, "UN"):
+        return item.VR
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
-def _walk(ds: Dataset, depth: int = 0) -> Iterator[tuple[Dataset, int, str, bytes | None]]:
-    """Every element at any depth as (its dataset, tag, VR, raw value bytes); sequences are walked."""
+def _walk(ds: Dataset) -> Iterator[tuple[Dataset, int, str, bytes | None]]:
+    """Every element at any depth as (its dataset, tag, VR, value bytes); sequences are walked, other
+    values are taken as stored, never converted (an RT structure's coordinates would cost seconds)."""
     for tag in list(ds.keys()):
         try:
-            raw = _raw_bytes(ds, tag)
-            elem = ds[tag]
+            item = ds.get_item(tag)
+            raw = isinstance(item, RawDataElement)
+            vr = _stored_vr(int(tag), item) if raw else item.VR
+            if vr == "SQ":
+                items = ds[tag].value or ()
         except Exception:  # an element pydicom cannot read (broken input) gives no value; its output is
             continue       # still searched for every UID and every value read elsewhere
-        vr = elem.VR
         if vr == "SQ":
-            for item in elem.value or ():
-                yield from _walk(item, depth + 1)
+            for child in items:
+                yield from _walk(child)
             continue
-        if raw is None and isinstance(elem.value, str | bytes):
-            raw = elem.value.encode("utf-8", "replace") if isinstance(elem.value, str) else elem.value
-        yield ds, int(tag), vr, raw
+        yield ds, int(tag), vr, _as_bytes(item.value)
+
+
+def _as_bytes(value) -> bytes | None:
+    """A raw value as is; a converted text value (one or several, names, UIDs) encoded back."""
+    if isinstance(value, bytes | None):
+        return value
+    if isinstance(value, MultiValue | list):
+        texts = [str(v) for v in value if isinstance(v, str | PersonName)]
+        return "\\".join(texts).encode("utf-8", "replace") if len(texts) == len(value) else None
+    return str(value).encode("utf-8", "replace") if isinstance(value, str | PersonName) else None
 
 
 class Findings:
