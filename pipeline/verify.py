@@ -175,7 +175,9 @@ def _load(dest: str, tables: str, storage_options: dict | None) -> _Run:
     fs, path = filesystem(tables, storage_options)
     if not retry(fs.exists, f"{path}/{JOB_NAME}") or not retry(fs.exists, f"{path}/{SUMMARY_NAME}"):
         raise JobError(f"no finished dicom-deid run in {tables} (run or finalize it first)")
-    planned = _table(fs, path, "plan") or _table(fs, path, "inventory")
+    planned = _table(fs, path, "plan")
+    if planned is None:
+        planned = _table(fs, path, "inventory")
     dest_fs, dest_path = filesystem(dest, storage_options)
     index, other_jobs = _index(dest_fs, dest_path, tables)
     return _Run(json.loads(retry(fs.cat_file, f"{path}/{JOB_NAME}")),

@@ -202,6 +202,28 @@ def test_cli_run_verify_and_export_maps(tmp_path, dask_client, capsys):
     assert sorted(patient_rows[1:]) == [[f"{PATIENT_ID}{s}", ""] for s in range(2)]
 
 
+def test_a_run_on_s3_verifies_and_a_planted_leak_is_found(s3_server, s3_bucket, dask_client):
+    import s3fs
+
+    options = s3_server["storage_options"]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    fs.pipe({f"{s3_bucket}/in/{name}": data for name, data in study_objects(2, 2, seed="s3v").items()})
+    dest, tables = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/private/tables"
+    result = pipeline.run(f"s3://{s3_bucket}/in", dest, tables, client=dask_client, secret=SECRET,
+                          storage_options=options, verify=True)
+    assert result.ok and result.verified, result.report
+    key = next(k for k in sorted(fs.find(f"{s3_bucket}/out")) if "/_index/" not in k)
+    ds = pydicom.dcmread(io.BytesIO(fs.cat_file(key)))
+    ds.ManufacturerModelName = f"{PATIENT_ID}s3v0"  # the four objects make one unit: any patient's ID counts
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    fs.pipe(key, buffer.getvalue())
+    v = verify(dest, tables, storage_options=options, validity_limit=0)
+    assert v.totals["leaks"] == 1 and v.totals["source_checked"] == 4 and not v.ok
+    report = pd.read_parquet(f"{tables}/verify/report.parquet", storage_options=options)
+    assert report[report.leaks > 0].output_key.tolist() == [key.removeprefix(f"{s3_bucket}/out/")]
+
+
 @pytest.mark.skipif(not CORPUS.exists(), reason="the corpus is not at ../shared/corpus")
 def test_a_corpus_run_verifies_clean(tmp_path, dask_client):
     dest, tables = tmp_path / "dest", tmp_path / "tables"
