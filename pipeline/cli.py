@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--shard", metavar="I/N", help="run only shard I (0-based) of N, with no scheduler "
                                                     "(array jobs); then `finalize` once all are done")
+    run.add_argument("--verify", action="store_true", help="verify the result at the end (see: verify)")
     profile = run.add_argument_group("profile options (PS3.15 Annex E)")
     for name in FLAGS:
         profile.add_argument(_flag(name), dest=name, action="store_true")
@@ -92,9 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     finalize = commands.add_parser("finalize", help="compact the tables of a sharded run once every shard "
                                                     "is done (else name the missing shards)")
     finalize.add_argument("--tables", required=True)
-    for sub in (run, scan, status, finalize):
+    verify = commands.add_parser("verify", help="check a finished run for leaks, losses and inconsistencies "
+                                                "(exit 1 on any); report in TABLES/verify/")
+    verify.add_argument("dest")
+    verify.add_argument("--tables", required=True)
+    verify.add_argument("--source", help="where the inputs are now, if not where the run read them")
+    verify.add_argument("--validity-limit", type=int, default=100, metavar="N",
+                        help="outputs (and their inputs) checked with dciodvfy when installed; 0: none")
+
+    maps = commands.add_parser("export-maps", help="write uid_map.csv and patient_map.csv (id_old,id_new)")
+    maps.add_argument("--tables", required=True)
+    maps.add_argument("--out", required=True, help="folder (local or URL) for the CSV files")
+    for sub in (run, scan, status, finalize, verify, maps):
         sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
-    for sub in (run, scan):
+    for sub in (run, scan, verify):
         _cluster_options(sub)
     run.add_argument("--send-secret", action="store_true",
                      help="send the secret to workers (tls:// scheduler only; else they read their own)")
@@ -205,12 +217,13 @@ def _run(args: argparse.Namespace) -> int:
                          storage_options=_storage_options(args), dry_run=args.dry_run,
                          max_error_rate=args.max_error_rate, progress=not args.no_progress,
                          max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes,
-                         shard=shard, **flags)
+                         shard=shard, verify=args.verify, **flags)
     print(result.report)
     if demo and not args.dry_run:
         print(f"demo: de-identified files in {DEMO_DEST}/, linkage tables in {DEMO_TABLES}/")
     if not result.ok:
         why = (f"{len(result.failed_units)} units failed; run again to retry them" if result.failed_units
+               else "verification found problems (see above)" if result.verified is False
                else f"quarantined {result.error_rate:.1%} of objects, above --max-error-rate")
         print(f"dicom-deid: run not OK: {why}", file=sys.stderr)
         return EXIT_FAILED
@@ -257,10 +270,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    if args.validity_limit < 0:
+        raise UsageError("--validity-limit must not be negative")
+    with _client(args) as client:
+        result = verify(args.dest, args.tables, args.source, client=client,
+                        storage_options=_storage_options(args), validity_limit=args.validity_limit)
+    print(result.describe())
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _export_maps(args: argparse.Namespace) -> int:
+    from .maps import export_maps
+
+    for name, rows in export_maps(args.tables, args.out, _storage_options(args)).items():
+        print(f"{name}: {rows} rows")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicom-deid` console script."""
     args = _parser().parse_args(argv)
-    command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize}[args.command]
+    command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize, "verify": _verify,
+               "export-maps": _export_maps}[args.command]
     try:
         return command(args)
     except _user_errors() as exc:

@@ -14,7 +14,17 @@ from .execute import duplicates
 from .job import source_still_there
 from .listing import list_objects
 from .plan import plan
-from .runs import RUN_SCHEMA, RunInfo, compare, listed, planned_rows, stored_runs, unit_ids, write_run
+from .runs import (
+    RUN_SCHEMA,
+    RunInfo,
+    compare,
+    every_planned,
+    listed,
+    planned_rows,
+    stored_runs,
+    unit_ids,
+    write_run,
+)
 from .scan import scan
 from .storage import filesystem
 
@@ -41,9 +51,7 @@ def _earlier_copies(fs, path: str, runs: list[RunInfo], planned: pa.Table) -> pa
     """For each planned row, the url of an object with the same SOP Instance UID that an earlier run
     planned and that is not processed again now; else null. Outputs of gone objects stay in DEST, so they
     count too: one SOP instance never gets two outputs."""
-    columns = ["url", "sop_uid"]
-    earlier = pa.concat_tables([RUN_SCHEMA.empty_table().select(columns),
-                                *(planned_rows(fs, path, run, columns) for run in runs)])
+    earlier = every_planned(fs, path, runs, ["url", "sop_uid"])
     # Small hash tables (this run's objects), probed by the earlier rows: the archive is never hashed.
     same_sop = pc.is_in(earlier["sop_uid"], value_set=planned["sop_uid"], skip_nulls=True)
     earlier = earlier.filter(same_sop)

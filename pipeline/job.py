@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -62,6 +62,8 @@ class RunResult:
     dry_run: bool = False
     max_error_rate: float | None = None
     report: str = ""
+    verified: bool | None = None  # None: not verified
+
 
     @property
     def error_rate(self) -> float:
@@ -70,7 +72,7 @@ class RunResult:
     @property
     def ok(self) -> bool:
         too_many = self.max_error_rate is not None and self.error_rate > self.max_error_rate
-        return not self.failed_units and not too_many
+        return not self.failed_units and not too_many and self.verified is not False
 
 
 def resolve_key(secret: str | bytes | None) -> bytes:
@@ -315,10 +317,11 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
         dashboard_address: str = LOCAL_DASHBOARD, shard: tuple[int, int] | None = None,
-        **profile_flags: bool) -> RunResult:
+        verify: bool = False, **profile_flags: bool) -> RunResult:
     """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
     an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
-    units and leave finalizing to `finalize_job` once every shard is done."""
+    units and leave finalizing to `finalize_job` once every shard is done.
+    `verify` checks the finished run as `dicom-deid verify` does; `ok` is then False on any finding."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
     from .ingest import shard_of
@@ -331,6 +334,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         raise JobError(str(exc)) from exc
     if max_error_rate is not None and not 0 <= max_error_rate <= 1:
         raise JobError("max_error_rate must be between 0 and 1")
+    if verify and shard:
+        raise JobError("a shard holds only part of the job: run `dicom-deid verify` after `finalize`")
     source, dest, tables = absolute(source), absolute(dest), absolute(tables)
     check_locations(source, dest, tables, storage_options)
     key = None if dry_run else resolve_key(secret)
@@ -395,7 +400,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                      **{k: getattr(outcome, k) for k in ("units_run", "failed_units", "objects",
                                                          "source_bytes")}}
         summary = finalize(tables, dest, storage_options, run=run_facts)
-    return RunResult(
+    result = RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
         output_bytes=summary["output_bytes"], units_total=summary["units_total"], units_run=outcome.units_run,
@@ -403,3 +408,10 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
         quarantine_reasons=summary["quarantine_reasons"], max_error_rate=max_error_rate,
         report=f"{changes_line(work.counts)}\n{report}{describe(summary)}")
+    if not verify:
+        return result
+    from .verify import verify as check
+
+    verification = check(dest, tables, client=client, storage_options=storage_options)
+    return replace(result, verified=verification.ok, report=f"{result.report}\n{verification.describe()}")
+

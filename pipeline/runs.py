@@ -94,6 +94,12 @@ def planned_rows(fs, tables_path: str, run: RunInfo, columns: list[str] | None =
     return _read(fs, tables_path, run, columns or RUN_SCHEMA.names, slice(0, run.planned))
 
 
+def every_planned(fs, tables_path: str, runs: list[RunInfo], columns: list[str]) -> pa.Table:
+    """The planned rows of every given run, oldest first (an object planned again appears again)."""
+    return pa.concat_tables([RUN_SCHEMA.empty_table().select(columns),
+                             *(planned_rows(fs, tables_path, run, columns) for run in runs)])
+
+
 def listed(fs, tables_path: str, run: RunInfo) -> pa.Table:
     """What the run listed in SOURCE (url, size, version), in url order."""
     start = run.planned + run.counts["gone"]
