@@ -76,8 +76,17 @@ def _plan_changes(fs, path: str, runs: list[RunInfo], number: int, changes, stor
     column = planned.schema.get_field_index("unit_id")
     planned = planned.set_column(column, "unit_id", unit_ids(planned, number))
     planned = planned.join(todo.select(["url", "version", "change"]), keys="url").sort_by("url")
-    copies = pc.coalesce(_earlier_copies(fs, path, runs, planned), duplicates(planned))
-    return planned.append_column("duplicate_of", copies)
+    # A copy planned now points at the first planned copy, which alone is checked against earlier runs.
+    copies = pc.coalesce(duplicates(planned), _earlier_copies(fs, path, runs, planned))
+    return _beside_kept(planned.append_column("duplicate_of", copies))
+
+
+def _beside_kept(planned: pa.Table) -> pa.Table:
+    """Each duplicate joins its kept copy's unit when that copy is planned too, so one unit decides, in
+    order, which copy is written (or takes a quarantined one's place), whatever unit or shard ends first."""
+    kept = planned["unit_id"].take(pc.index_in(planned["duplicate_of"], value_set=planned["url"]))
+    column = planned.schema.get_field_index("unit_id")
+    return planned.set_column(column, "unit_id", pc.coalesce(kept, planned["unit_id"]))
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, unit_objects: Callable,
