@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,8 +22,12 @@ import pyarrow.compute as pc
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
+from .report import load_table, progress_bars, result_html, result_text
 from .storage import filesystem, retry
 from .tables import put_bytes, read_table, write_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,33 @@ class RunResult:
     dry_run: bool = False
     max_error_rate: float | None = None
     report: str = ""
+    run_objects: int = 0  # processed by this run (the counts above cover every run into TABLES)
+    run_bytes: int = 0
+    storage_options: dict | None = field(default=None, repr=False, compare=False)  # may hold credentials
+
+    def __str__(self) -> str:
+        return result_text(self)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per source object: written (with its output key) or quarantined (with the reason)."""
+        return load_table(self, "manifest")
+
+    def quarantine(self) -> pd.DataFrame:
+        """The quarantined objects, with reason and detail."""
+        return load_table(self, "quarantine")
+
+    def uid_map(self) -> pd.DataFrame:
+        """Original UID to new UID (private: it links outputs back to the source)."""
+        return load_table(self, "uid_map")
+
+    def index(self) -> pd.DataFrame:
+        """This job's index of DEST: new UIDs, modality, SOP class, size and key of each output."""
+        return load_table(self, "index")
 
     @property
     def error_rate(self) -> float:
@@ -193,11 +225,7 @@ class _Bars:
     """tqdm bars of objects and bytes: finished units plus what running units last reported."""
 
     def __init__(self, objects: int, nbytes: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.objects = tqdm(total=objects, unit="obj", desc="objects", position=0)
-        self.bytes = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ",
-                          position=1)
+        self.objects, self.bytes = progress_bars(objects, nbytes)
         self.lock = threading.Lock()
         self.finished: set[str] = set()
         self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
@@ -306,4 +334,5 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
         units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
         elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
-        max_error_rate=max_error_rate, report=report + describe(summary))
+        max_error_rate=max_error_rate, report=report + describe(summary), run_objects=outcome.objects,
+        run_bytes=outcome.source_bytes, storage_options=storage_options)
