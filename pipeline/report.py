@@ -6,6 +6,8 @@ import html
 import sys
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from .finalize import index_path
 from .storage import filesystem
 from .tables import INDEX_SCHEMA, PART_SCHEMAS, read_table
@@ -125,7 +127,7 @@ def result_html(result: RunResult) -> str:
 def load_table(result: RunResult, name: str) -> pd.DataFrame:
     """One of the run's tables (manifest, quarantine, uid_map from TABLES; index from DEST) as a DataFrame."""
     try:
-        import pandas  # noqa: F401  (pyarrow's to_pandas needs it; say how to get it)
+        import pandas as pd
     except ImportError as exc:
         raise ImportError("loading tables needs pandas: pip install 'dicom-deid[notebook]'") from exc
     if result.dry_run:
@@ -138,7 +140,9 @@ def load_table(result: RunResult, name: str) -> pd.DataFrame:
         path, schema = f"{tables_path}/{name}.parquet", PART_SCHEMAS[name]
     if not fs.exists(path):
         raise FileNotFoundError(f"no {name} table at {path}: the run did not finish its tables")
-    return read_table(fs, path, schema).to_pandas()
+    # Nullable columns stay integers and strings (<NA>), not floats and objects.
+    types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}
+    return read_table(fs, path, schema).to_pandas(types_mapper=types.get)
 
 
 class _BytesAfterObjects:
