@@ -20,11 +20,14 @@ import pyarrow.compute as pc
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
+from .report import load_table, progress_bars, result_html, result_text
 from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment
 from .storage import filesystem, retry
 from .tables import put_bytes
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .ingest import Work
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,34 @@ class RunResult:
     max_error_rate: float | None = None
     report: str = ""
     verified: bool | None = None  # None: not verified
+    run_objects: int = 0  # processed by this run (the counts above cover every run into TABLES)
+    run_bytes: int = 0
+    storage_options: dict | None = field(default=None, repr=False, compare=False)  # may hold credentials
 
+    def __str__(self) -> str:
+        return result_text(self)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return result_html(self)
+
+    def manifest(self) -> pd.DataFrame:
+        """One row per source object and run that processed it: written (with its output key), quarantined
+        (with the reason), or `superseded` (it changed, and a later run processed it again)."""
+        return load_table(self, "manifest")
+
+    def quarantine(self) -> pd.DataFrame:
+        """The quarantined objects, with reason and detail."""
+        return load_table(self, "quarantine")
+
+    def uid_map(self) -> pd.DataFrame:
+        """Original UID to new UID (private: it links outputs back to the source)."""
+        return load_table(self, "uid_map")
+
+    def index(self) -> pd.DataFrame:
+        """This job's index of DEST: new UIDs, modality, SOP class, size and key of each output."""
+        return load_table(self, "index")
 
     @property
     def error_rate(self) -> float:
@@ -212,11 +242,7 @@ class _Bars:
     """tqdm bars of objects and bytes: finished units plus what running units last reported."""
 
     def __init__(self, objects: int, nbytes: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.objects = tqdm(total=objects, unit="obj", desc="objects", position=0)
-        self.bytes = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ",
-                          position=1)
+        self.objects, self.bytes = progress_bars(objects, nbytes)
         self.lock = threading.Lock()
         self.finished: set[str] = set()
         self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
@@ -390,7 +416,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                          units_run=outcome.units_run, units_skipped=outcome.units_skipped,
                          failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
                          quarantine_reasons=dict(outcome.reasons), max_error_rate=max_error_rate,
-                         report=f"{changes_line(work.counts)}\n{report}")
+                         report=f"{changes_line(work.counts)}\n{report}", run_objects=outcome.objects,
+                         run_bytes=outcome.source_bytes, storage_options=storage_options)
     summary = read_summary(tables, storage_options)
     report = "nothing new to do: every unit was already committed\n"
     settled = summary and all(run.closed for run in work.runs) and not outcome.units_run
@@ -407,11 +434,11 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         units_skipped=summary["units_total"] - outcome.units_run - len(outcome.failed_units),
         failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
         quarantine_reasons=summary["quarantine_reasons"], max_error_rate=max_error_rate,
-        report=f"{changes_line(work.counts)}\n{report}{describe(summary)}")
+        report=f"{changes_line(work.counts)}\n{report}{describe(summary)}", run_objects=outcome.objects,
+        run_bytes=outcome.source_bytes, storage_options=storage_options)
     if not verify:
         return result
     from .verify import verify as check
 
     verification = check(dest, tables, client=client, storage_options=storage_options)
     return replace(result, verified=verification.ok, report=f"{result.report}\n{verification.describe()}")
-
