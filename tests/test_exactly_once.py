@@ -18,6 +18,7 @@ from pipeline.deid import Profile
 from pipeline.deid.stream import deidentify_bytes
 from pipeline.execute import Settings, run_units
 from pipeline.listing import list_objects
+from pipeline.runs import planned_rows, stored_runs
 from pipeline.secret import fingerprint
 from pipeline.storage import filesystem
 from pipeline.tables import read_table
@@ -142,8 +143,11 @@ def test_a_duplicate_takes_the_place_of_its_quarantined_first_copy(tmp_path, das
     write_tree(tmp_path / "src", {"a/first.dcm": data[:len(data) // 2], "b/second.dcm": data})
     result = pipeline.run(str(tmp_path / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"),
                           client=dask_client, secret=SECRET)
-    inventory = pq.read_table(tmp_path / "tables" / "inventory.parquet")
-    assert len(set(inventory["sop_uid"].to_pylist())) == 1  # the scan saw both as one SOP Instance
+    fs, tables = filesystem(str(tmp_path / "tables"))
+    planned = planned_rows(fs, tables, stored_runs(fs, tables)[0]).sort_by("url")
+    assert len(set(planned["sop_uid"].to_pylist())) == 1  # the scan saw both as one SOP Instance
+    assert planned["duplicate_of"].to_pylist() == [None, planned["url"][0].as_py()]
+    assert len(set(planned["unit_id"].to_pylist())) == 1  # one unit decides which copy is written
     status = {Path(row["source_url"]).name: row for row in _manifest(str(tmp_path / "tables"))}
     assert status["first.dcm"]["status"] == "quarantined" and status["first.dcm"]["reason"] == "truncated"
     assert status["second.dcm"]["status"] == "written"
