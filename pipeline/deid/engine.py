@@ -12,6 +12,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
+from .iods import iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
@@ -32,7 +33,7 @@ from .operations import (
     shifting_dates,
 )
 from .profile import Profile, resolve
-from .rules import resolved_action
+from .rules import action_at
 from .values import concrete_vr, dummy, empty, shift
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -48,9 +49,13 @@ class _Walk:
     shift_days: int
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
+    iod: int | None  # the object's IOD table, for compound codes
 
-    def items(self, source: Dataset, depth: int, dummy_text: bool) -> Dataset:
-        """A new dataset holding what survives of `source`, each element by its own action."""
+    def items(self, source: Dataset, depth: int, dummy_text: bool, path: tuple[int, ...] = ()) -> Dataset:
+        """A new dataset holding what survives of `source`, each element by its own action.
+
+        `path` holds the tags of the sequences above it, outermost first.
+        """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         # Matching encodings and character set let pydicom copy kept elements' bytes unparsed.
@@ -65,8 +70,8 @@ class _Walk:
                     continue
                 action, text = "K", False
             else:
-                action, text = resolved_action(tag, self.profile), dummy_text
-            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth)
+                action, text = action_at(tag, self.profile, self.iod, path), dummy_text
+            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth, path)
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():
@@ -76,7 +81,7 @@ class _Walk:
                 del out[tag]
         return out
 
-    def _element(self, elem, op: str, depth: int):
+    def _element(self, elem, op: str, depth: int, path: tuple[int, ...]):
         """The element that replaces `elem`, or None when nothing should remain."""
         tag, vr = elem.tag, _vr(elem)
         if op == KEEP:
@@ -93,7 +98,7 @@ class _Walk:
         if op == BLANK:
             return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op in (WALK, WALK_DUMMY):
-            return self._sequence(elem, depth, op == WALK_DUMMY)
+            return self._sequence(elem, depth, op == WALK_DUMMY, path + (int(tag),))
         return None
 
     def _keep(self, elem):
@@ -108,12 +113,12 @@ class _Walk:
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
 
-    def _sequence(self, elem, depth: int, dummy_text: bool) -> DataElement:
+    def _sequence(self, elem, depth: int, dummy_text: bool, path: tuple[int, ...]) -> DataElement:
         if isinstance(elem, RawDataElement):
             if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
-        items = [self.items(item, depth + 1, dummy_text) for item in elem.value]
+        items = [self.items(item, depth + 1, dummy_text, path) for item in elem.value]
         return DataElement(elem.tag, "SQ", Sequence(items))
 
 
@@ -180,7 +185,8 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         syntax = transfer_syntax(dataset)
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
-                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian))
+                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
+                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1")))
         body = walk.items(dataset, 0, False)
         mark(body, profile)
         meta = file_meta_for(body, syntax)

@@ -29,9 +29,7 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     """
     if action == "X":
         return DROP
-    if vr == "SQ":
-        if action == "U":
-            return DROP
+    if vr == "SQ":  # U is a required reference sequence (X/Z/U*): kept, its UIDs replaced by theirs
         if action == "Z":
             return EMPTY
         return WALK_DUMMY if dummy_text or action in "DC" else WALK

@@ -21,6 +21,7 @@ from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
 from .errors import DeidError
+from .iods import iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
@@ -42,7 +43,7 @@ from .operations import (
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import resolved_action
+from .rules import action_at, compound_tags
 from .values import TEXT_VRS, concrete_vr, dummy, shift
 
 UNDEFINED = 0xFFFFFFFF
@@ -55,6 +56,7 @@ SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
+SOP_CLASS = 0x00080016
 
 
 # Top-level values of the output that callers name and index files by, so they need not parse it.
@@ -114,7 +116,11 @@ def _int(text: str) -> int | None:
 
 @cache
 def _actions(profile: Profile) -> dict[int, str]:
-    """Resolved actions by tag, filled as tags are met and kept for every later file."""
+    """Resolved actions by tag, filled as tags are met and kept for every later file.
+
+    Tags with compound codes are not kept here: their action depends on the object's IOD and the
+    sequence path, and `rules.action_at` caches it by the attribute's type.
+    """
     return {}
 
 
@@ -185,7 +191,8 @@ class _Stream:
                 or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
             raise _Unsupported
         self.body, self.implicit = pos, syntax.is_implicit_VR
-        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False)
+        self.iod = iod_for(self._top_values((SOP_CLASS,)).get(SOP_CLASS, b"").decode("latin-1"))
+        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False, ())
         header = self._header()
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
@@ -246,9 +253,12 @@ class _Stream:
             raise _Unsupported
         return tag, vr, start, start + length
 
-    def dataset(self, pos: int, limit: int, implicit: bool, depth: int,
-                dummy_text: bool) -> tuple[list[tuple[int, bytes]], int]:
-        """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None."""
+    def dataset(self, pos: int, limit: int, implicit: bool, depth: int, dummy_text: bool,
+                path: tuple[int, ...]) -> tuple[list[tuple[int, bytes]], int]:
+        """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None.
+
+        `path` holds the tags of the sequences above it, outermost first.
+        """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         end = len(self.data) if limit is None else limit
@@ -274,11 +284,10 @@ class _Stream:
                     continue
                 action, text = "K", False
             else:
-                action = self.actions.get(tag) or self.actions.setdefault(
-                    tag, resolved_action(tag, self.profile))
+                action = self.actions.get(tag) or self._action(tag, path)
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
+            chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None:
                 chunks.append((tag, chunk))
             if depth == 0 and tag in HEADER and chunk is not None:
@@ -290,12 +299,19 @@ class _Stream:
         groups = orphaned_overlay_groups(source_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
 
+    def _action(self, tag: int, path: tuple[int, ...]) -> str:
+        action = action_at(tag, self.profile, self.iod, path)
+        if tag not in compound_tags():
+            self.actions[tag] = action
+        return action
+
     def _apply(self, op: str, tag: int, vr: str | None, known: str, pos: int, start: int,
-               stop: int | None, implicit: bool, depth: int) -> tuple[bytes | None, int]:
+               stop: int | None, implicit: bool, depth: int,
+               path: tuple[int, ...]) -> tuple[bytes | None, int]:
         """One element's output bytes (or None) and where the next element starts."""
         if known == "SQ" and op not in (DROP, EMPTY):
             inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
-            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY)
+            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY, path + (tag,))
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
             return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
         after = self._skip(start, stop, implicit or vr == "UN", depth)
@@ -321,7 +337,7 @@ class _Stream:
         raise AssertionError(op)
 
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
-               dummy_text: bool) -> tuple[bytes, int]:
+               dummy_text: bool, path: tuple[int, ...]) -> tuple[bytes, int]:
         """A sequence's items walked and re-encoded with undefined lengths."""
         out, pos = [], start
         end = len(self.data) if stop is None else stop
@@ -331,7 +347,7 @@ class _Stream:
                 return b"".join(out), item_start
             if tag != ITEM:
                 raise _Unsupported
-            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text)
+            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text, path)
             if item_stop is not None:
                 pos = item_stop
             out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
