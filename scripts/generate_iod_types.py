@@ -4,16 +4,18 @@ Usage: python scripts/generate_iod_types.py [PATH/TO/ps3.3] [OUTPUT_DIR]
 
 Reads the PS3.3 IOD -> module -> attribute tables (../shared/ps3.3, see its README) and the Table
 E.1-1 rules this repository ships, and writes `iod_types.json`: for each IOD, the type (1, 1C, 2,
-2C, 3) of every attribute whose E.1-1 code is compound in any column, keyed by its tag and the tags
-of the sequences above it. When an attribute appears at one path in several modules of an IOD,
-the strictest type wins: the one that keeps the most (1 > 1C > 2 > 2C > 3). To keep the table
-small, only those attributes are kept, Type 3 is left out (it resolves like an attribute the IOD
-does not define: to the first code), and IODs with identical tables share one entry.
+2C) of every attribute whose E.1-1 code is compound (or X, see `typed_tags`) in any column, keyed
+by its tag and the tags of the sequences above it. When an attribute appears at one path in
+several modules of an IOD, the strictest type wins: the one that keeps the most (1 > 1C > 2 > 2C
+> 3). To keep the table small, only those attributes are kept, Type 3 is left out (it resolves
+like an attribute the IOD does not define: to the first code), and IODs with identical tables
+share one entry.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,16 +25,25 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PS33 = ROOT.parent / "shared" / "ps3.3"
 DEFAULT_OUT = ROOT / "pipeline" / "deid" / "data"
 RULES = ROOT / "pipeline" / "deid" / "data" / "table_e1_1.json"
+SINGLE_TAG = re.compile(r"^\(([0-9A-F]{4}),([0-9A-F]{4})\)$")
 STRICTEST_FIRST = ["1", "1C", "2", "2C", "3"]  # the one that keeps the most first
 
 
-def compound_tags(rules: dict) -> dict[str, str]:
-    """Keyword -> tag as 8 hex digits, for every E.1-1 row with a compound code in any column."""
+def typed_tags(rules: dict) -> dict[str, str]:
+    """Keyword -> tag (8 hex digits) of the rows whose action can depend on the attribute's type.
+
+    Those are the rows with a compound code in any column, and those with X alone in a column,
+    except sequences: an attribute the IOD requires is emptied or dummied rather than removed,
+    but a sequence the table removes is never kept.
+    """
     found = {}
     for row in rules["rows"]:
         tag, keyword, *_ = row
-        if any("/" in code for code in row[5:]):
-            found[keyword] = tag[1:5] + tag[6:10]
+        codes = row[5:]
+        if any("/" in code for code in codes) or ("X" in codes and not keyword.endswith("Sequence")):
+            single = SINGLE_TAG.match(tag)
+            if single:
+                found[keyword] = single[1] + single[2]
     return found
 
 
@@ -65,7 +76,7 @@ def generate(ps33: Path, out_dir: Path) -> None:
     sop_classes = json.loads((ps33 / "sop_class_iod_map.json").read_text("utf-8"))
     iods = json.loads((ps33 / "iod_module_map.json").read_text("utf-8"))
     attributes = json.loads((ps33 / "module_attribute_map.json").read_text("utf-8"))
-    wanted = compound_tags(json.loads(RULES.read_text("utf-8")))
+    wanted = typed_tags(json.loads(RULES.read_text("utf-8")))
     tables: list[dict] = []
     iod_index: dict[str, int] = {}
     for iod in sorted(set(sop_classes.values())):

@@ -34,7 +34,7 @@ SECRET = "validity-report"
 UNREADABLE = re.compile(r"Information Object Not found|not valid DICOM|read failed")
 # Names of attributes and modules stay; values, UIDs and quoted or single characters do not.
 _VALUE = re.compile(r"(?<!Element=)(?<!Module=)(?<!attribute )<[^>]*>")
-_UID = re.compile(r"\b\d+(?:\.\d+){2,}\b")
+_UID = re.compile(r"\b\d+(?:\.\d+){2,}\b|(?<=UID )\d[\d.]*")
 _QUOTED = re.compile(r"\"[^\"]*\"|= '.'")
 
 

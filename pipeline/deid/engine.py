@@ -12,7 +12,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
-from .iods import iod_for
+from .iods import REFERENCED_SERIES, Iod, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
@@ -49,7 +49,7 @@ class _Walk:
     shift_days: int
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
-    iod: int | None  # the object's IOD table, for compound codes
+    iod: Iod | None  # what decides compound codes
 
     def items(self, source: Dataset, depth: int, dummy_text: bool, path: tuple[int, ...] = ()) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action.
@@ -186,7 +186,7 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
-                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1")))
+                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset))
         body = walk.items(dataset, 0, False)
         mark(body, profile)
         meta = file_meta_for(body, syntax)

@@ -10,7 +10,7 @@ from importlib import resources
 from pydicom.datadict import dictionary_has_tag, get_entry, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
-from .iods import attribute_type, iod_for
+from . import iods
 from .profile import Profile
 
 # The option column each profile flag switches on (retain_private_tags has none: it is ours).
@@ -31,9 +31,12 @@ PRECEDENCE = "XZDCMUK"
 # A compound code's choice by the attribute's type in the IOD (PS3.15 E.1-1: "X unless Z, D or U is
 # required to maintain IOD conformance"): the first of these letters the code offers. Type 1 and
 # 1C (when present) need a value, Type 2 and 2C presence; a required reference sequence (X/Z/U*)
-# is kept with its UIDs replaced. Type 3, or an attribute where its IOD does not define it, takes
-# the code's first letter, as does an object whose SOP class the tables do not know.
-BY_TYPE = {"1": "DUZ", "1C": "DUZ", "2": "UZD", "2C": "UZD"}
+# is kept with its UIDs replaced, and so is any reference sequence of an object whose Referenced
+# Series Sequence lists what it references ("R"). Type 3, or an attribute where its IOD does not
+# define it, takes the code's first letter, as does an object whose SOP class the tables do not
+# know. X alone on an attribute the IOD requires reads as X/Z/D (sequences excepted, see
+# scripts/generate_iod_types.py), so that outputs stay valid; an empty or dummy value says nothing.
+BY_TYPE = {"1": "DUZ", "1C": "DUZ", "2": "UZD", "2C": "UZD", "R": "U"}
 
 CURVE, OVERLAY_DATA, OVERLAY_COMMENTS, PRIVATE = (
     "(50xx,xxxx)", "(60xx,3000)", "(60xx,4000)", "(gggg,eeee) where gggg is odd")
@@ -100,15 +103,20 @@ def _row_for(tag: int) -> dict[str, str] | None:
 
 
 @cache
-def compound_tags() -> frozenset[int]:
-    """Tags whose row has a compound code (X/Z, Z/D, X/Z/U*, ...) in any column."""
-    return frozenset(tag for tag, row in _tag_rows().items()
-                     if any("/" in row[col] for col in ("basic", *OPTION_COLUMNS.values())))
+def typed_tags() -> frozenset[int]:
+    """Tags whose action can depend on where they occur: typed in some IOD, or reference sequences."""
+    return iods.typed_tags() | reference_tags()
+
+
+@cache
+def reference_tags() -> frozenset[int]:
+    """Reference sequences, whose basic code is X/Z/U*."""
+    return frozenset(tag for tag, row in _tag_rows().items() if row["basic"].endswith("U*"))
 
 
 def choose(code: str, kind: str | None) -> str:
     """One action from a table code: a compound code by the attribute's type, see BY_TYPE."""
-    offered = code.replace("*", "").split("/")
+    offered = ("X/Z/D" if code == "X" else code).replace("*", "").split("/")
     return next((c for c in BY_TYPE.get(kind, "") if c in offered), offered[0])
 
 
@@ -156,11 +164,13 @@ def _typed_action(tag: int, profile: Profile, kind: str | None) -> str:
     return resolve_row(_tag_rows()[tag], profile, kind)
 
 
-def action_at(tag: int, profile: Profile, iod: int | None, path: tuple[int, ...]) -> str:
+def action_at(tag: int, profile: Profile, iod: iods.Iod | None, path: tuple[int, ...]) -> str:
     """The action for a tag where it occurs: a compound code follows its type in the object's IOD."""
-    if iod is None or tag not in compound_tags():
+    if iod is None or tag not in typed_tags():
         return resolved_action(tag, profile)
-    return _typed_action(tag, profile, attribute_type(iod, tag, path))
+    if iod.references and tag in reference_tags():
+        return _typed_action(tag, profile, "R")
+    return _typed_action(tag, profile, iods.attribute_type(iod, tag, path))
 
 
 Name = int | tuple[int, int] | str | BaseTag
@@ -173,5 +183,5 @@ def action_for(tag: Name, profile: Profile | None = None, sop_class: str | None 
     With the object's SOP Class UID, and the sequences above the attribute (outermost first),
     compound codes resolve by the attribute's type there; without them, to their first code.
     """
-    return action_at(int(to_tag(tag)), profile or Profile(), iod_for(sop_class),
+    return action_at(int(to_tag(tag)), profile or Profile(), iods.iod_for(sop_class),
                      tuple(int(to_tag(t)) for t in path))

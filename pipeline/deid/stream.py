@@ -21,7 +21,7 @@ from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
 from .errors import DeidError
-from .iods import iod_for
+from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
@@ -43,7 +43,7 @@ from .operations import (
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import action_at, compound_tags
+from .rules import action_at, typed_tags
 from .values import TEXT_VRS, concrete_vr, dummy, shift
 
 UNDEFINED = 0xFFFFFFFF
@@ -119,7 +119,7 @@ def _actions(profile: Profile) -> dict[int, str]:
     """Resolved actions by tag, filled as tags are met and kept for every later file.
 
     Tags with compound codes are not kept here: their action depends on the object's IOD and the
-    sequence path, and `rules.action_at` caches it by the attribute's type.
+    sequence path, and `rules.action_at` caches it by the attribute's type there.
     """
     return {}
 
@@ -191,7 +191,8 @@ class _Stream:
                 or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
             raise _Unsupported
         self.body, self.implicit = pos, syntax.is_implicit_VR
-        self.iod = iod_for(self._top_values((SOP_CLASS,)).get(SOP_CLASS, b"").decode("latin-1"))
+        top = self._top_values((SOP_CLASS, REFERENCED_SERIES))
+        self.iod = iod_for(top.get(SOP_CLASS, b"").decode("latin-1"), REFERENCED_SERIES in top)
         chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False, ())
         header = self._header()
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
@@ -301,7 +302,7 @@ class _Stream:
 
     def _action(self, tag: int, path: tuple[int, ...]) -> str:
         action = action_at(tag, self.profile, self.iod, path)
-        if tag not in compound_tags():
+        if tag not in typed_tags():
             self.actions[tag] = action
         return action
 
@@ -391,13 +392,13 @@ class _Stream:
         return self.shift_days
 
     def _top_values(self, wanted: tuple[int, ...]) -> dict[int, bytes]:
-        """Raw values of a few top-level elements, read from headers alone."""
+        """Raw values of a few top-level elements (b"" for sequences), read from headers alone."""
         found, pos, end = {}, self.body, len(self.data)
         while pos < end:
             tag, _, start, stop = self._read_header(pos, self.implicit, end)
             if tag > max(wanted):
                 break
-            if tag in wanted and stop is not None:
-                found[tag] = self.data[start:stop].rstrip(b" \0")
+            if tag in wanted:
+                found[tag] = self.data[start:stop].rstrip(b" \0") if stop is not None else b""
             pos = self._skip(start, stop, self.implicit, 0)
         return found
