@@ -392,7 +392,7 @@ class _Stream:
         return self.shift_days
 
     def _top_values(self, wanted: tuple[int, ...]) -> dict[int, bytes]:
-        """Raw values of a few top-level elements (b"" for sequences), read from headers alone."""
+        """Raw values of a few top-level elements (b"" for undefined lengths), read from headers alone."""
         found, pos, end = {}, self.body, len(self.data)
         while pos < end:
             tag, _, start, stop = self._read_header(pos, self.implicit, end)
