@@ -42,7 +42,8 @@ def table(tally: Tally) -> str:
     if tally.patterns:
         lines += ["", "failure patterns (count, then the reproducer from the smallest seed):"]
         for (cls, signature), cases in sorted(tally.patterns.items(), key=lambda p: (p[0][0], -len(p[1]))):
-            lines += [f"  {cls:<10} {len(cases):>5}  {signature}", f"{'':18}{tally.smallest(cases).command()}"]
+            lines += [f"  {cls:<10} {len(cases):>5}  {signature}",
+                      f"{'':18}{tally.smallest(cases).command()}"]
     return "\n".join(lines)
 
 
@@ -71,6 +72,7 @@ def replay(args: argparse.Namespace) -> int:
         print(f"{outcome.cls}: {outcome.detail}  ({len(data)} bytes, seed {len(seed.data)} bytes)")
         if outcome.cls == "leaks":
             from fuzzing.check import SECRET
+
             from pipeline.deid import DeidError
             from pipeline.deid.stream import deidentify_bytes
             try:
@@ -90,12 +92,14 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120, help="how long to run (default 120)")
     parser.add_argument("--seed", type=int, default=None, help="master RNG seed (default: from the clock)")
     parser.add_argument("--profile", action="append", choices=sorted(PROFILES),
                         help="profile(s) to draw from (default: all)")
-    parser.add_argument("--kind", action="append", choices=sorted(KINDS), help="mutation kind(s) (default: all)")
+    parser.add_argument("--kind", action="append", choices=sorted(KINDS),
+                        help="mutation kind(s) (default: all)")
     parser.add_argument("--corpus", help="also seed from every file of this folder (local runs only)")
     parser.add_argument("--max-seed-bytes", type=int, default=256 * 1024, help="largest corpus file used")
     parser.add_argument("--out", default="fuzz-failures", help="folder for failures.jsonl and summary.txt")

@@ -35,7 +35,8 @@ class Case:
     profile: str
 
     def command(self) -> str:
-        return f"python scripts/fuzz.py --replay '{self.seed}' {self.kind} {self.rng_seed} --profile {self.profile}"
+        return (f"python scripts/fuzz.py --replay '{self.seed}' {self.kind} {self.rng_seed} "
+                f"--profile {self.profile}")
 
 
 @dataclass

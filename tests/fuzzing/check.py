@@ -116,10 +116,11 @@ def _classify(fast: _Walk, slow: _Walk, profile: Profile) -> Outcome:
     leaks = {name: found for name, walk in (("byte walker", fast), ("apply", slow))
              if walk.refused is None and (found := leaked(walk.data, profile))}
     if leaks:
-        return Outcome("leaks", "; ".join(f"{name} wrote {', '.join(found)}" for name, found in leaks.items()),
-                       " and ".join(leaks) + " wrote planted values")
+        detail = "; ".join(f"{name} wrote {', '.join(found)}" for name, found in leaks.items())
+        return Outcome("leaks", detail, " and ".join(leaks) + " wrote planted values")
     if fast.refused and slow.refused:
-        return Outcome("refused", fast.refused if fast.refused == slow.refused else f"{fast.refused}|{slow.refused}")
+        same = fast.refused == slow.refused
+        return Outcome("refused", fast.refused if same else f"{fast.refused}|{slow.refused}")
     if fast.refused or slow.refused:
         return Outcome("disagree", f"byte walker {fast.refused or 'wrote'}, apply {slow.refused or 'wrote'}")
     try:

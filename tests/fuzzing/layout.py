@@ -70,7 +70,8 @@ class Layout:
 
     def _marker(self, pos: int, depth: int, parents: tuple[int, ...]) -> Node:
         group, element, length = unpack_from("<HHI", self.data, pos)
-        node = Node(pos, group << 16 | element, None, "NONE", pos + 4, 4, length, pos + 8, pos + 8, depth, parents)
+        tag = group << 16 | element
+        node = Node(pos, tag, None, "NONE", pos + 4, 4, length, pos + 8, pos + 8, depth, parents)
         self.nodes.append(node)
         return node
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from struct import pack
 
-from .layout import ITEM, ITEM_END, LONG_VRS, PIXEL_DATA, SEQUENCE_END, SHORT_VRS, UNDEFINED, Layout, Node
+from .layout import ITEM_END, LONG_VRS, PIXEL_DATA, SEQUENCE_END, SHORT_VRS, UNDEFINED, Layout, Node
 from .seeds import NAME, NEEDLES, NESTED_REF_SOP, REF_SOP
 
 Mutation = Callable[[Layout, random.Random], "bytes | None"]
@@ -285,7 +285,8 @@ def delimiter_dup(layout: Layout, rng: random.Random) -> bytes | None:
 @kind("tag-swap")
 def tag_swap(layout: Layout, rng: random.Random) -> bytes | None:
     """Two neighbouring elements written in the wrong order."""
-    node = _pick(layout, rng, [n for n in layout.elements() if n.pos >= layout.body and layout.siblings_after(n)])
+    nodes = [n for n in layout.elements() if n.pos >= layout.body and layout.siblings_after(n)]
+    node = _pick(layout, rng, nodes)
     if node is None:
         return None
     after = layout.siblings_after(node)[0]
@@ -300,7 +301,8 @@ def charset(layout: Layout, rng: random.Random) -> bytes | None:
     if rng.random() < 0.4:
         name = next((n for n in layout.elements() if n.depth == 0 and n.tag == PATIENT_NAME), None)
         if name is not None:
-            data = data[:name.pos] + _element(PATIENT_NAME, "PN", ESCAPED_NAME, layout.implicit) + data[name.end:]
+            escaped = _element(PATIENT_NAME, "PN", ESCAPED_NAME, layout.implicit)
+            data = data[:name.pos] + escaped + data[name.end:]
     start, end = _top_position(layout, CHARSET)
     return data[:start] + _element(CHARSET, "CS", rng.choice(CHARSETS), layout.implicit) + data[end:]
 

@@ -56,7 +56,8 @@ NEEDLES: tuple[Needle, ...] = (
     *_person(OPERATOR, "OperatorsName in sequence items"),
     *_person(PERFORMER, "PerformingPhysicianName at depth 2"),
     *_person(NUCLIDE_OPERATOR, "OperatorsName at depth 2"),
-    Needle(b"ZQXPID4417", "PatientID"), Needle(b"ZQXACC9921", "AccessionNumber"), Needle(b"ZQXSTUDY7", "StudyID"),
+    Needle(b"ZQXPID4417", "PatientID"), Needle(b"ZQXACC9921", "AccessionNumber"),
+    Needle(b"ZQXSTUDY7", "StudyID"),
     Needle(b"ZQXHOSPITAL", "InstitutionName", "retain_institution_identity"),
     Needle(b"ZQXSTATION", "StationName", "retain_device_identity"),
     Needle(b"18930517", "PatientBirthDate"),
@@ -156,7 +157,8 @@ def encode(ds: Dataset, mode: str) -> bytes:
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     syntax = meta.get("TransferSyntaxUID")
     if syntax is None or not syntax.is_little_endian or syntax.is_deflated:
-        syntax = ImplicitVRLittleEndian if syntax is not None and syntax.is_implicit_VR else ExplicitVRLittleEndian
+        implicit = syntax is not None and syntax.is_implicit_VR
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     meta.TransferSyntaxUID = syntax
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.file_meta = meta
