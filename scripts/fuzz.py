@@ -16,35 +16,15 @@ import json
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from fuzzing.campaign import PROFILES, Case, Tally, mutant, run  # noqa: E402
+from fuzzing.campaign import PROFILES, Case, Tally, mutant, quiet, run  # noqa: E402
 from fuzzing.check import FAILURES, judge  # noqa: E402
 from fuzzing.mutations import KINDS  # noqa: E402
 from fuzzing.seeds import bundled_seeds, by_name, corpus_seeds, needles_for  # noqa: E402
-
-COLUMNS = ("mutants", "n/a", "refused", "written", *FAILURES)
-
-
-def table(tally: Tally) -> str:
-    """Counts by kind and class, then refusals by reason and failure patterns with a reproducer each."""
-    kinds = sorted(tally.by_kind)
-    width = max([len(k) for k in kinds] + [5])
-    lines = [f"{'kind':<{width}} " + " ".join(f"{c:>10}" for c in COLUMNS)]
-    for name in kinds:
-        lines.append(f"{name:<{width}} " + " ".join(f"{tally.by_kind[name][c]:>10}" for c in COLUMNS))
-    lines.append(f"{'total':<{width}} " + " ".join(f"{tally.total(c):>10}" for c in COLUMNS))
-    lines += ["", "refused by reason: " + ", ".join(f"{r} {n}" for r, n in tally.reasons.most_common())]
-    if tally.patterns:
-        lines += ["", "failure patterns (count, then the reproducer from the smallest seed):"]
-        for (cls, signature), cases in sorted(tally.patterns.items(), key=lambda p: (p[0][0], -len(p[1]))):
-            lines += [f"  {cls:<10} {len(cases):>5}  {signature}",
-                      f"{'':18}{tally.smallest(cases).command()}"]
-    return "\n".join(lines)
 
 
 def save(tally: Tally, out: Path, failures: list[tuple[Case, object]], master_seed: int) -> None:
@@ -54,7 +34,7 @@ def save(tally: Tally, out: Path, failures: list[tuple[Case, object]], master_se
             f.write(json.dumps({"seed": case.seed, "kind": case.kind, "rng_seed": case.rng_seed,
                                 "profile": case.profile, "class": outcome.cls, "detail": outcome.detail,
                                 "replay": case.command()}) + "\n")
-    (out / "summary.txt").write_text(f"master seed {master_seed}\n{table(tally)}\n", encoding="utf-8")
+    (out / "summary.txt").write_text(f"master seed {master_seed}\n{tally.table()}\n", encoding="utf-8")
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -66,8 +46,7 @@ def replay(args: argparse.Namespace) -> int:
         print(f"{kind} finds nothing to mutate in {seed_name}")
         return 2
     profile = PROFILES[args.profile[0] if args.profile else "basic"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         outcome = judge(data, profile)
         print(f"{outcome.cls}: {outcome.detail}  ({len(data)} bytes, seed {len(seed.data)} bytes)")
         if outcome.cls == "leaks":
@@ -125,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tally = run(seeds, master_seed=master_seed, profiles=args.profile or PROFILES, kinds=args.kind,
                 seconds=args.seconds, progress=progress)
-    print(table(tally))
+    print(tally.table())
     save(tally, Path(args.out), failures, master_seed)
     print(f"\nreproducers in {args.out}/failures.jsonl")
     return 1 if failures else 0

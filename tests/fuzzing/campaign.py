@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline.deid import Profile
@@ -16,6 +18,7 @@ from .layout import Layout
 from .mutations import KINDS
 from .seeds import Seed
 
+COLUMNS = ("mutants", "n/a", "refused", "written", *FAILURES)
 PROFILES = {
     "basic": Profile(),
     "modified-dates": Profile(retain_long_modified_dates=True, retain_safe_private=True),
@@ -59,6 +62,22 @@ class Tally:
     def total(self, cls: str) -> int:
         return sum(c[cls] for c in self.by_kind.values())
 
+    def table(self) -> str:
+        """Counts by kind and class, then refusals by reason and failure patterns with a reproducer each."""
+        kinds = sorted(self.by_kind)
+        width = max([len(k) for k in kinds] + [5])
+        lines = [f"{'kind':<{width}} " + " ".join(f"{c:>10}" for c in COLUMNS)]
+        for name in kinds:
+            lines.append(f"{name:<{width}} " + " ".join(f"{self.by_kind[name][c]:>10}" for c in COLUMNS))
+        lines.append(f"{'total':<{width}} " + " ".join(f"{self.total(c):>10}" for c in COLUMNS))
+        lines += ["", "refused by reason: " + ", ".join(f"{r} {n}" for r, n in self.reasons.most_common())]
+        if self.patterns:
+            lines += ["", "failure patterns (count, then the reproducer from the smallest seed):"]
+            for (cls, signature), cases in sorted(self.patterns.items(), key=lambda p: (p[0][0], -len(p[1]))):
+                lines += [f"  {cls:<10} {len(cases):>5}  {signature}",
+                          f"{'':18}{self.smallest(cases).command()}"]
+        return "\n".join(lines)
+
     def smallest(self, cases: list[Case]) -> Case:
         """The reproducer to try first: the one from the smallest seed."""
         return min(cases, key=lambda c: (self.sizes.get(c.seed, 0), c.rng_seed))
@@ -74,6 +93,19 @@ def mutant(seed: Seed, kind: str, rng_seed: int, layouts: dict[str, Layout] | No
     return KINDS[kind](layout, random.Random(rng_seed))
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No warnings and no pydicom log lines: mutants make thousands, and the tally says what matters."""
+    logger = logging.getLogger("pydicom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.disabled = True
+        try:
+            yield
+        finally:
+            logger.disabled = False
+
+
 def run(seeds: list[Seed], *, master_seed: int, profiles: Iterable[str], kinds: Iterable[str] | None = None,
         per_kind: int | None = None, seconds: float | None = None,
         progress: Callable[[Case, Outcome], None] | None = None) -> Tally:
@@ -82,8 +114,7 @@ def run(seeds: list[Seed], *, master_seed: int, profiles: Iterable[str], kinds: 
     rng, tally, layouts = random.Random(master_seed), Tally(), {}
     tally.sizes = {s.name: len(s.data) for s in seeds}
     deadline = time.monotonic() + seconds if seconds is not None else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         while True:
             for name in kinds:
                 if per_kind is not None and tally.by_kind[name]["mutants"] >= per_kind:
