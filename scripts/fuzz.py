@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from fuzzing.campaign import PROFILES, Case, Tally, mutant, quiet, run  # noqa: E402
-from fuzzing.check import FAILURES, judge  # noqa: E402
+from fuzzing.check import FAILURES, judge, walkers  # noqa: E402
 from fuzzing.mutations import KINDS  # noqa: E402
 from fuzzing.seeds import bundled_seeds, by_name, corpus_seeds, needles_for  # noqa: E402
 
@@ -49,19 +49,15 @@ def replay(args: argparse.Namespace) -> int:
     with quiet():
         outcome = judge(data, profile)
         print(f"{outcome.cls}: {outcome.detail}  ({len(data)} bytes, seed {len(seed.data)} bytes)")
-        if outcome.cls == "leaks":
-            from fuzzing.check import SECRET
-
-            from pipeline.deid import DeidError
-            from pipeline.deid.stream import deidentify_bytes
-            try:
-                out = deidentify_bytes(data, profile, secret=SECRET).data
-            except DeidError:
-                out = b""
+        for name, answer in walkers(data, profile).items():
+            if isinstance(answer, str):
+                print(f"  {name}: {answer}")
+                continue
+            print(f"  {name}: wrote {len(answer)} bytes")
             for needle in needles_for(profile):
-                at = out.find(needle.value)
+                at = answer.find(needle.value)
                 if at >= 0:
-                    print(f"  byte walker output @{at}: {needle.where}: {out[max(0, at - 24):at + 40]!r}")
+                    print(f"    @{at} {needle.where}: {answer[max(0, at - 32):at + 32]!r}")
     if args.write_mutant:
         if seed_name.startswith("corpus:"):
             print("not writing a mutant of a corpus file (licences): replay it instead")

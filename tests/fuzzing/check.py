@@ -95,6 +95,18 @@ def leaked(data: bytes, profile: Profile) -> list[str]:
     return sorted({n.where for n in needles_for(profile) if n.value in data})
 
 
+def walkers(data: bytes, profile: Profile) -> dict[str, str | bytes]:
+    """Each walker's own answer to one mutant: its output bytes, or why it refused or failed."""
+    answers: dict[str, str | bytes] = {}
+    both = (("byte walker", _byte_walker(data, profile)), ("apply", _dataset_walker(data, profile)))
+    for name, walk in both:
+        if walk.refused or walk.untyped:
+            answers[name] = f"refused: {walk.refused}" if walk.refused else walk.untyped
+        else:
+            answers[name] = walk.data
+    return answers
+
+
 def judge(data: bytes, profile: Profile) -> Outcome:
     """Run both walkers on one mutant and classify the result."""
     previous = signal.signal(signal.SIGALRM, _alarm)

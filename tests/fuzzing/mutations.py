@@ -321,7 +321,7 @@ def header_flip(layout: Layout, rng: random.Random) -> bytes | None:
 @kind("dense")
 def dense(layout: Layout, rng: random.Random) -> bytes | None:
     """Thousands of tiny elements: private blocks, or a sequence of many items holding planted UIDs."""
-    count = rng.choice((200, 1000, 4000))
+    count = rng.choice((100, 500, 2000))
     implicit = layout.implicit
     if rng.random() < 0.5:
         blocks = (count + 255) // 256
