@@ -46,8 +46,8 @@ def _name(exc: BaseException) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-class _Hang(Exception):
-    """A walker ran past HANG_SECONDS on one small mutant."""
+class _Hang(BaseException):
+    """A walker ran past HANG_SECONDS on one small mutant (not an Exception, so nothing swallows it)."""
 
 
 def _alarm(signum, frame):
@@ -59,8 +59,6 @@ def _byte_walker(data: bytes, profile: Profile) -> _Walk:
         result = deidentify_bytes(data, profile, secret=SECRET)
     except DeidError as err:
         return _Walk(refused=err.reason)
-    except _Hang:
-        raise
     except Exception as exc:
         return _Walk(untyped=f"deidentify_bytes raised {_name(exc)}")
     return _Walk(data=result.data, uid_map=result.uid_map, fast=result.fast)
@@ -71,15 +69,11 @@ def _dataset_walker(data: bytes, profile: Profile) -> _Walk:
         ds, uid_map = apply(parse(data), profile, secret=SECRET)
     except DeidError as err:
         return _Walk(refused=err.reason)
-    except _Hang:
-        raise
     except Exception as exc:
         return _Walk(untyped=f"apply raised {_name(exc)}")
     buffer = io.BytesIO()
     try:
         ds.save_as(buffer, enforce_file_format=True)
-    except _Hang:
-        raise
     except Exception as exc:
         return _Walk(untyped=f"apply returned an unwritable dataset ({_name(exc)})")
     return _Walk(data=buffer.getvalue(), uid_map=uid_map)
