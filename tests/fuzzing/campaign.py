@@ -72,15 +72,15 @@ class Tally:
         lines.append(f"{'total':<{width}} " + " ".join(f"{self.total(c):>10}" for c in COLUMNS))
         lines += ["", "refused by reason: " + ", ".join(f"{r} {n}" for r, n in self.reasons.most_common())]
         if self.patterns:
-            lines += ["", "failure patterns (count, then the reproducer from the smallest seed):"]
+            lines += ["", "failure patterns (count, then a reproducer: basic profile first, smallest seed):"]
             for (cls, signature), cases in sorted(self.patterns.items(), key=lambda p: (p[0][0], -len(p[1]))):
                 lines += [f"  {cls:<10} {len(cases):>5}  {signature}",
                           f"{'':18}{self.smallest(cases).command()}"]
         return "\n".join(lines)
 
     def smallest(self, cases: list[Case]) -> Case:
-        """The reproducer to try first: the one from the smallest seed."""
-        return min(cases, key=lambda c: (self.sizes.get(c.seed, 0), c.rng_seed))
+        """The reproducer to try first: under the basic profile if any, from the smallest seed."""
+        return min(cases, key=lambda c: (c.profile != "basic", self.sizes.get(c.seed, 0), c.rng_seed))
 
 
 def mutant(seed: Seed, kind: str, rng_seed: int, layouts: dict[str, Layout] | None = None) -> bytes | None:

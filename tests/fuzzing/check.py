@@ -79,6 +79,14 @@ def _dataset_walker(data: bytes, profile: Profile) -> _Walk:
     return _Walk(data=buffer.getvalue(), uid_map=uid_map)
 
 
+def _first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str:
+    """The first top-level tag whose content differs, or the file meta."""
+    if a[0] == b[0]:
+        return "file meta"
+    tag = min(t for t in set(a[0]) | set(b[0]) if a[0].get(t) != b[0].get(t))
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
 def _content(data: bytes) -> tuple[dict, dict]:
     ds = pydicom.dcmread(io.BytesIO(data))
     return dataset_values(ds), dataset_values(ds.file_meta)
@@ -139,6 +147,8 @@ def _classify(fast: _Walk, slow: _Walk, profile: Profile) -> Outcome:
         other = _content(slow.data)
     except Exception as exc:
         return Outcome("bad-output", f"apply output unreadable ({_name(exc)})")
-    if content != other or fast.uid_map != slow.uid_map:
-        return Outcome("disagree", "both wrote, content differs" if content != other else "UID maps differ")
+    if content != other:
+        return Outcome("disagree", f"both wrote, content differs at {_first_difference(content, other)}")
+    if fast.uid_map != slow.uid_map:
+        return Outcome("disagree", "both wrote, UID maps differ")
     return Outcome("written", "byte walker")

@@ -17,6 +17,7 @@ INVALID_VRS = (b"ZZ", b"xx", b"\xff\xff", b"sh", b"S\0", b"\x01\x02")
 # Flips seen in broken files: the left VR's bytes overwritten by the right one's.
 FLIPS = {"SH": "OV", "UN": "UR", "LO": "UN", "CS": "OB", "UI": "UT", "SQ": "UN", "DS": "OD", "PN": "OW",
          "DA": "OL", "IS": "SV", "US": "UV", "UL": "OF", "OB": "SH", "OW": "LO", "UT": "ST", "LT": "UC"}
+OPAQUE_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 TEXT_OR_BINARY = ("LO", "SH", "LT", "ST", "UT", "UC", "CS", "PN", "OB", "OW", "OD", "OF", "UR")
 PUBLIC_SEQUENCES = (0x00400260, 0x00540016)  # Performed Protocol Code, Radiopharmaceutical Information
 CHARSETS = (b"GB18030\0", b"ISO_IR 192\0", b"ISO 2022 IR 87", b"\\ISO 2022 IR 87", b"ZQXCHARSET",
@@ -54,6 +55,11 @@ def _pick(layout: Layout, rng: random.Random, nodes: list[Node]) -> Node | None:
 
 def _values(layout: Layout) -> list[Node]:
     return [n for n in layout.elements() if not n.sequence and n.length != UNDEFINED]
+
+
+def _transparent(nodes: list[Node]) -> list[Node]:
+    """Without private binary values: grown over what follows, one is just a longer opaque value to keep."""
+    return [n for n in nodes if not (n.tag >> 16 & 1 and (n.vr or n.dict_vr) in OPAQUE_VRS)]
 
 
 def _sequences(layout: Layout) -> list[Node]:
@@ -101,7 +107,7 @@ def _swallow(layout: Layout, rng: random.Random, nodes: list[Node]) -> bytes | N
 @kind("swallow-next")
 def swallow_next(layout: Layout, rng: random.Random) -> bytes | None:
     """A value's length grown to take in exactly the next one to three elements."""
-    return _swallow(layout, rng, _values(layout))
+    return _swallow(layout, rng, _transparent(_values(layout)))
 
 
 @kind("ds-swallow")
@@ -113,7 +119,7 @@ def ds_swallow(layout: Layout, rng: random.Random) -> bytes | None:
 @kind("length-past-item")
 def length_past_item(layout: Layout, rng: random.Random) -> bytes | None:
     """A nested element whose length runs past the end of its item."""
-    node = _pick(layout, rng, [n for n in _values(layout) if n.depth > 0])
+    node = _pick(layout, rng, [n for n in _transparent(_values(layout)) if n.depth > 0])
     if node is None:
         return None
     item = layout.nodes[node.parents[-1]]
@@ -310,7 +316,7 @@ def charset(layout: Layout, rng: random.Random) -> bytes | None:
 @kind("header-flip")
 def header_flip(layout: Layout, rng: random.Random) -> bytes | None:
     """Random bits flipped in the VR and length bytes of one to three headers."""
-    nodes = [n for n in layout.nodes if n.pos >= layout.body]
+    nodes = _transparent([n for n in layout.nodes if n.pos >= layout.body])
     data = bytearray(layout.data)
     for _ in range(rng.randint(1, 3)):
         node = _pick(layout, rng, nodes)
