@@ -222,9 +222,12 @@ def bundled_seeds() -> list[Seed]:
 
 
 def corpus_seeds(root: Path, max_bytes: int) -> list[Seed]:
-    """Seeds from a local corpus folder (never copied anywhere): every little-endian file up to max_bytes."""
+    """Seeds from a local corpus folder (never copied anywhere): its DICOM files up to max_bytes."""
     seeds = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.stat().st_size <= max_bytes):
+        with open(path, "rb") as f:
+            if f.read(132)[128:] != b"DICM":  # licences, manifests, files without a preamble
+                continue
         seeds += _variants(f"corpus:{path.relative_to(root)}", lambda p=path: _load(p))
     return seeds
 
