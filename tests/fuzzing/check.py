@@ -39,6 +39,7 @@ class _Walk:
     data: bytes = b""
     uid_map: dict | None = None
     fast: bool = False
+    message: str = ""  # the untyped error's own words, for a replay
 
 
 def _name(exc: BaseException) -> str:
@@ -60,7 +61,7 @@ def _byte_walker(data: bytes, profile: Profile) -> _Walk:
     except DeidError as err:
         return _Walk(refused=err.reason)
     except Exception as exc:
-        return _Walk(untyped=f"deidentify_bytes raised {_name(exc)}")
+        return _Walk(untyped=f"deidentify_bytes raised {_name(exc)}", message=str(exc)[:300])
     return _Walk(data=result.data, uid_map=result.uid_map, fast=result.fast)
 
 
@@ -70,12 +71,12 @@ def _dataset_walker(data: bytes, profile: Profile) -> _Walk:
     except DeidError as err:
         return _Walk(refused=err.reason)
     except Exception as exc:
-        return _Walk(untyped=f"apply raised {_name(exc)}")
+        return _Walk(untyped=f"apply raised {_name(exc)}", message=str(exc)[:300])
     buffer = io.BytesIO()
     try:
         ds.save_as(buffer, enforce_file_format=True)
     except Exception as exc:
-        return _Walk(untyped=f"apply returned an unwritable dataset ({_name(exc)})")
+        return _Walk(untyped=f"apply returned an unwritable dataset ({_name(exc)})", message=str(exc)[:300])
     return _Walk(data=buffer.getvalue(), uid_map=uid_map)
 
 
@@ -103,7 +104,7 @@ def walkers(data: bytes, profile: Profile) -> dict[str, str | bytes]:
     both = (("byte walker", _byte_walker(data, profile)), ("apply", _dataset_walker(data, profile)))
     for name, walk in both:
         if walk.refused or walk.untyped:
-            answers[name] = f"refused: {walk.refused}" if walk.refused else walk.untyped
+            answers[name] = f"refused: {walk.refused}" if walk.refused else f"{walk.untyped}: {walk.message}"
         else:
             answers[name] = walk.data
     return answers
