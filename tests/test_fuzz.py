@@ -16,7 +16,7 @@ from fuzzing.seeds import NEEDLES, bundled_seeds, by_name
 from pipeline.deid.stream import deidentify_bytes
 
 MASTER_SEED = 20261127
-PER_KIND = 60  # 20 kinds x 60 = 1200 mutants: about a minute of CPU
+PER_KIND = 80  # 20 kinds x 80 = 1600 mutants: about a minute of CPU
 PLANTED_EVERYWHERE = {"PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
                       "OperatorsName in sequence items", "PerformingPhysicianName at depth 2",
                       "ReferencedSOPInstanceUID at depth 2", "RadiopharmaceuticalStartDateTime at depth 1"}
