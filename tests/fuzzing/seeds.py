@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -82,7 +82,7 @@ class Seed:
     """A planted seed file; `name` is how reproducers refer to it."""
 
     name: str
-    data: bytes
+    data: bytes = field(repr=False)
 
 
 def _code(value: str, meaning: str) -> Dataset:
