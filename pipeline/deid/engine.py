@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
@@ -12,10 +13,12 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
+from .guard import Guard, element_value
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
     BLANK,
+    DROP,
     DUMMY,
     EMPTY,
     KEEP,
@@ -48,6 +51,7 @@ class _Walk:
     shift_days: int
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
+    guard: Guard
 
     def items(self, source: Dataset, depth: int, dummy_text: bool) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action."""
@@ -60,13 +64,17 @@ class _Walk:
         shifting = shifting_dates(self.profile)
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
+            value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
+                    self.guard.note(tag, DROP, _vr(elem), value, depth)
                     continue
                 action, text = "K", False
             else:
                 action, text = resolved_action(tag, self.profile), dummy_text
-            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth)
+            op = operation(action, _vr(elem), text, shifting)
+            self.guard.note(tag, op, _vr(elem), value, depth)
+            new = self._element(elem, op, depth)
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():
@@ -180,8 +188,10 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         syntax = transfer_syntax(dataset)
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
-                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian))
+                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
+                     Guard(profile, collect_kept=True))
         body = walk.items(dataset, 0, False)
+        walk.guard.check()
         mark(body, profile)
         meta = file_meta_for(body, syntax)
     except DeidError:
