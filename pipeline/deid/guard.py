@@ -38,8 +38,9 @@ MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _CONTROL = bytes([*(b for b in range(32) if b not in (9, 10, 13)), 0x7F])  # not in ASCII text
 _NUMERIC = re.compile(rb"[0-9.+\- ]+")
-# Bytes that continue a word in lowered text: a hit inside a longer word or number is no hit.
-_WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz") | frozenset(range(0x80, 0x100))
+# Bytes that continue a word in lowered text: a hit inside a longer word or number is no hit. Bytes
+# above 0x7F do not count: element and item tags (FFFE,E00D) follow values directly.
+_WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
 
 Value = Callable[[], bytes | memoryview]
 
