@@ -67,13 +67,13 @@ class _Walk:
             value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
-                    self.guard.note(tag, DROP, _vr(elem), value, depth)
+                    self.guard.note(tag, DROP, _vr(elem), value)
                     continue
                 action, text = "K", False
             else:
                 action, text = resolved_action(tag, self.profile), dummy_text
             op = operation(action, _vr(elem), text, shifting)
-            self.guard.note(tag, op, _vr(elem), value, depth)
+            self.guard.note(tag, op, _vr(elem), value)
             new = self._element(elem, op, depth)
             if new is not None:
                 out[tag] = new
@@ -189,7 +189,7 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
-                     Guard(profile, collect_kept=True))
+                     Guard(profile))
         body = walk.items(dataset, 0, False)
         walk.guard.check()
         mark(body, profile)

@@ -1,30 +1,28 @@
 """The output guard: an object whose output still holds an identifying value of its input is refused.
 
 Each walker notes, element by element, the raw value of everything it removes or replaces (the
-values to search for) and of every public text element it keeps (values the output holds on
-purpose, which explain a hit). Before the output is returned, one Aho-Corasick pass searches it
-for all of them at once, case-insensitively; a hit that no kept value or engine constant explains
-refuses the object with reason `leak-guard`, naming the attribute, never the value.
+values to search for) and of everything it keeps. The output is the kept values plus what the
+engine writes itself (headers, dummies, new UIDs, shifted dates, markers), so before it is returned
+one Aho-Corasick pass searches the kept values for all removed ones at once, case-insensitively. A
+hit that a short kept public text value explains (it holds the value on purpose) is no leak; any
+other refuses the object with reason `leak-guard`, naming the attribute, never the value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Callable
+from functools import lru_cache
 
 import ahocorasick
 from pydicom.charset import encode_string
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from .errors import DeidError
-from .markers import IMPLEMENTATION_CLASS_UID, mark, package_version
 from .operations import KEEP, WALK, WALK_DUMMY
-from .profile import FLAGS, Profile
-from .values import DUMMY_TEXT, dummy
+from .profile import Profile
 
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
 # read as text. Code strings, ages and numbers are generic; binary values are not text.
@@ -35,7 +33,9 @@ EXPLAINING_VRS = SEARCHED_VRS - {"UN"} | {"AS", "CS", "DS", "IS"}
 UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
-PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+MAX_EXPLAINING = 4096  # longer kept values are data (contours, lists), not a name said on purpose
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pixels, never read as elements
+_NUMBER_CHARS = b"0123456789+-.eE \\"  # a DS or IS value made only of these holds numbers only
 _CONTROL = bytes([*(b for b in range(32) if b not in (9, 10, 13)), 0x7F])  # not in ASCII text
 _NUMERIC = re.compile(rb"[0-9.+\- ]+")
 # Bytes that continue a word in lowered text: a hit inside a longer word or number is no hit. Bytes
@@ -48,29 +48,28 @@ Value = Callable[[], bytes | memoryview]
 class Guard:
     """Values one walk read from its input: identifying ones to search for, kept ones that explain."""
 
-    def __init__(self, profile: Profile, collect_kept: bool) -> None:
+    def __init__(self, profile: Profile) -> None:
         self.private_explains = profile.retain_safe_private  # Table E.3.10-1 lists safe values only
-        self.collect_kept = collect_kept  # the dataset walker searches what it keeps, not bytes
-        self.removed: list[tuple[int, str, bytes]] = []
-        self.explaining: list[bytes] = []
+        self.removed: dict[tuple[str, bytes], int] = {}  # (VR, value) -> the first tag it came from
+        self.explaining: list[bytes | memoryview] = []
         self.kept: list[bytes | memoryview] = []
 
-    def note(self, tag: int, op: str, vr: str, value: Value, depth: int) -> None:
+    def note(self, tag: int, op: str, vr: str, value: Value) -> None:
         """One element's fate: removed or replaced (searched for), or kept (may explain a hit)."""
-        if op in (WALK, WALK_DUMMY):
-            return
-        if op != KEEP:
-            if vr in SEARCHED_VRS and (vr != "UN" or _untyped_text(value())):
-                self.removed.append((tag, vr, bytes(value())))
-            return
-        if (not tag >> 16 & 1 or self.private_explains) and (
-                vr in EXPLAINING_VRS or vr == "UN" and _untyped_text(value())):
-            self.explaining.append(bytes(value()))
-        if self.collect_kept and not (depth == 0 and tag in PIXEL_TAGS):
-            self.kept.append(value())
+        if op == KEEP:
+            if tag in PIXEL_TAGS:
+                return
+            raw = value()
+            explains = vr in EXPLAINING_VRS or vr == "UN" and _untyped_text(raw)
+            if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
+                self.explaining.append(raw)
+            if vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS):
+                self.kept.append(raw)
+        elif vr in SEARCHED_VRS and op not in (WALK, WALK_DUMMY) and (vr != "UN" or _untyped_text(value())):
+            self.removed.setdefault((vr, bytes(value())), tag)
 
-    def check(self, parts: Iterable[bytes | memoryview] | None = None) -> None:
-        """Refuse the object when `parts` (else the kept values) hold an unexplained removed value."""
+    def check(self) -> None:
+        """Refuse the object when what it keeps holds a removed value that nothing explains."""
         patterns = self._patterns()
         if not patterns:
             return
@@ -78,8 +77,8 @@ class Guard:
         for pattern, tag in patterns.items():
             automaton.add_word(pattern, (pattern, tag))
         automaton.make_automaton()
-        explained = {p for p, _ in _hits(automaton, b"\0".join([*self.explaining, _own_values()]))}
-        for pattern, tag in _hits(automaton, b"\0".join(self.kept if parts is None else parts)):
+        explained = {p for p, _ in _hits(automaton, b"\0".join(self.explaining))}
+        for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")
@@ -87,10 +86,9 @@ class Guard:
     def _patterns(self) -> dict[str, int]:
         """Lowered, specific forms of the removed values -> the tag each came from first."""
         found: dict[str, int] = {}
-        for tag, vr, raw in self.removed:
-            for form in _forms(vr, raw):
-                if _specific(form):
-                    found.setdefault(form.lower().decode("latin-1"), tag)
+        for (vr, raw), tag in self.removed.items():
+            for pattern in _searched_forms(vr, raw):
+                found.setdefault(pattern, tag)
         return found
 
 
@@ -100,6 +98,12 @@ def _untyped_text(raw: bytes | memoryview) -> bool:
         return False
     data = bytes(raw).rstrip(b"\0")
     return bool(data) and data.isascii() and data.translate(None, _CONTROL) == data
+
+
+@lru_cache(maxsize=65536)
+def _searched_forms(vr: str, raw: bytes) -> tuple[str, ...]:
+    """The specific forms of one value, lowered; a study's objects repeat their values, so kept."""
+    return tuple(dict.fromkeys(f.lower().decode("latin-1") for f in _forms(vr, raw) if _specific(f)))
 
 
 def _forms(vr: str, raw: bytes) -> list[bytes]:
@@ -121,9 +125,9 @@ def _forms(vr: str, raw: bytes) -> list[bytes]:
 
 def _specific(form: bytes) -> bool:
     """Long and varied enough that finding it means something; short numbers and codes do not."""
-    if len(form) < MIN_TEXT or len(set(form.lower())) < MIN_DISTINCT:
+    if len(form) < MIN_TEXT or len(form) < MIN_NUMBER and _NUMERIC.fullmatch(form):
         return False
-    return len(form) >= MIN_NUMBER or not _NUMERIC.fullmatch(form)
+    return len(set(form.lower())) >= MIN_DISTINCT
 
 
 def _hits(automaton: ahocorasick.Automaton, haystack: bytes):
@@ -135,20 +139,6 @@ def _hits(automaton: ahocorasick.Automaton, haystack: bytes):
         if (start == 0 or ord(text[start - 1]) not in _WORD) and (end == last or ord(text[end + 1])
                                                                     not in _WORD):
             yield pattern, tag
-
-
-@cache
-def _own_values() -> bytes:
-    """Everything the engine writes itself under any profile: dummies, markers, file meta."""
-    words = []
-    every_option = Profile(**dict.fromkeys(FLAGS, True))
-    for profile in (Profile(), Profile(retain_long_modified_dates=True), every_option):
-        ds = Dataset()
-        mark(ds, profile)  # together, every marker text and temporal state
-        words += [str(e.value) for e in ds.iterall() if e.VR != "SQ"]
-    words += [DUMMY_TEXT, IMPLEMENTATION_CLASS_UID, f"DICOMDEID_{package_version()}",
-              *(str(dummy(vr)) for vr in ("AS", "DA", "DT", "TM", "DS", "IS"))]
-    return "\0".join(words).encode("latin-1", "replace")
 
 
 def element_value(elem, charset: str | list[str] | None) -> bytes:

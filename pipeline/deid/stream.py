@@ -21,7 +21,7 @@ from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
 from .errors import DeidError
-from .guard import PIXEL_TAGS, Guard
+from .guard import Guard
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
@@ -178,7 +178,7 @@ class _Stream:
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
-        self.guard = Guard(profile, collect_kept=False)
+        self.guard = Guard(profile)
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -194,7 +194,7 @@ class _Stream:
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
-        self.guard.check(c for tag, c in body if tag not in PIXEL_TAGS)
+        self.guard.check()
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
@@ -273,7 +273,7 @@ class _Stream:
                 known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
-                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e], depth)
+                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
                     pos = self._skip(start, stop, implicit or vr == "UN", depth)
                     continue
                 action, text = "K", False
@@ -282,7 +282,7 @@ class _Stream:
                     tag, resolved_action(tag, self.profile))
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e], depth)
+            self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
             if chunk is not None:
                 chunks.append((tag, chunk))
