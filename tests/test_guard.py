@@ -136,8 +136,8 @@ def test_generic_values_do_not_trigger():
     ds.Manufacturer = "Springfield General Hospital"  # kept on purpose, equal to a removed value
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SeriesDescription = "AXIAL"  # removed, but a kept code string says it too
-    ds.ReferringPhysicianName = "REMOVED"  # the engine writes that word itself (temporal marker)
-    ds.OperatorsName = "ANONYMIZED"  # and that one as its dummy
+    ds.ReferringPhysicianName = "REMOVED"  # a word the engine writes itself (temporal marker) ...
+    ds.OperatorsName = "ANONYMIZED"  # ... and its dummy: what the engine writes is not searched
     ds.StationName, ds.StudyTime, ds.PatientAge = "CT1", "1200", "045Y"  # short or generic
     ds.StudyID = "0000000"  # fewer than three distinct characters
     ds.add_new(0x00090010, "LO", "ACME 1.0")
