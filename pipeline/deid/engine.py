@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
@@ -12,11 +13,13 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
+from .guard import Guard, element_value
 from .iods import REFERENCED_SERIES, Iod, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
     BLANK,
+    DROP,
     DUMMY,
     EMPTY,
     KEEP,
@@ -50,6 +53,7 @@ class _Walk:
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
     iod: Iod | None  # what decides compound codes
+    guard: Guard
 
     def items(self, source: Dataset, depth: int, dummy_text: bool, path: tuple[int, ...] = ()) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action.
@@ -65,13 +69,17 @@ class _Walk:
         shifting = shifting_dates(self.profile)
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
+            value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
+                    self.guard.note(tag, DROP, _vr(elem), value)
                     continue
                 action, text = "K", False
             else:
                 action, text = action_at(tag, self.profile, self.iod, path), dummy_text
-            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth, path)
+            op = operation(action, _vr(elem), text, shifting)
+            self.guard.note(tag, op, _vr(elem), value)
+            new = self._element(elem, op, depth, path)
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():
@@ -186,8 +194,10 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
-                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset))
+                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset),
+                     Guard(profile))
         body = walk.items(dataset, 0, False)
+        walk.guard.check()
         mark(body, profile)
         meta = file_meta_for(body, syntax)
     except DeidError:

@@ -21,6 +21,7 @@ from pydicom.uid import UID
 
 from .engine import DICOMDIR_SOP_CLASS, deidentify
 from .errors import DeidError
+from .guard import Guard
 from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
@@ -183,6 +184,7 @@ class _Stream:
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
+        self.guard = Guard(profile)
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -200,6 +202,7 @@ class _Stream:
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
+        self.guard.check()
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
@@ -281,6 +284,7 @@ class _Stream:
                 known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
+                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
                     pos = self._skip(start, stop, implicit or vr == "UN", depth)
                     continue
                 action, text = "K", False
@@ -288,6 +292,7 @@ class _Stream:
                 action = self.actions.get(tag) or self._action(tag, path)
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
+            self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None:
                 chunks.append((tag, chunk))
