@@ -27,9 +27,10 @@ from .profile import Profile
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
 # read as text. Code strings, ages and numbers are generic; binary values are not text.
 SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT", "UN"})
-# Kept public (or safe private) values of these VRs, or untyped ones that read as text, explain a
-# hit: the output holds them on purpose. Binary values never do: they may hide swallowed elements.
-EXPLAINING_VRS = SEARCHED_VRS - {"UN"} | {"AS", "CS", "DS", "IS"}
+# Kept public (or safe private) short values of these VRs explain a hit: the output holds them on
+# purpose. Free text, names, untyped and binary values never do: that is where a copied name or a
+# swallowed element hides, and a hit there explaining itself would hide it.
+EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "CS", "DS", "IS"}
 UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
@@ -60,7 +61,7 @@ class Guard:
             if tag in PIXEL_TAGS:
                 return
             raw = value()
-            explains = vr in EXPLAINING_VRS or vr == "UN" and _untyped_text(raw)
+            explains = vr in EXPLAINING_VRS and _printable(raw)
             if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
                 self.explaining.append(raw)
             if vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS):
@@ -90,6 +91,12 @@ class Guard:
             for pattern in _searched_forms(vr, raw):
                 found.setdefault(pattern, tag)
         return found
+
+
+def _printable(raw: bytes | memoryview) -> bool:
+    """No control bytes: a value holding element headers (a swallowed element) explains nothing."""
+    data = bytes(raw).rstrip(b"\0")
+    return data.translate(None, _CONTROL) == data
 
 
 def _untyped_text(raw: bytes | memoryview) -> bool:
@@ -126,6 +133,8 @@ def _forms(vr: str, raw: bytes) -> list[bytes]:
 def _specific(form: bytes) -> bool:
     """Long and varied enough that finding it means something; short numbers and codes do not."""
     if len(form) < MIN_TEXT or len(form) < MIN_NUMBER and _NUMERIC.fullmatch(form):
+        return False
+    if sum(c.isalnum() for c in form.decode("latin-1")) < MIN_DISTINCT:  # "50 %", "--/--" say nothing
         return False
     return len(set(form.lower())) >= MIN_DISTINCT
 
