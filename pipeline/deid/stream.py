@@ -1,8 +1,9 @@
 """De-identify a DICOM file's bytes without building pydicom objects: the engine's fast path.
 
 It walks element headers in the byte string, copies what is kept as it is, and encodes only what
-it replaces. Anything unusual (no preamble, big endian, deflate, broken or out-of-order elements,
-DICOMDIR, missing SOP UIDs) goes to the pydicom walker, which decides or refuses with the reason.
+it replaces. Broken structure is refused here (`malformed`); well-formed files it does not take
+(no preamble, big endian, deflate, DICOMDIR, missing SOP UIDs) go to the pydicom walker, after the
+same strict structure check (`parse`), which decides or refuses with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from .engine import DICOMDIR_SOP_CLASS, deidentify
+from .engine import deidentify
 from .errors import DeidError
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
@@ -43,15 +44,26 @@ from .operations import (
 from .parse import parse, serialize
 from .profile import Profile
 from .rules import resolved_action
+from .structure import (
+    DICOMDIR_SOP_CLASS,
+    ITEM,
+    ITEM_END,
+    LONG_VRS,
+    MEDIA_SOP_CLASS,
+    PIXEL_DATA,
+    SEQUENCE_END,
+    TRANSFER_SYNTAX,
+    UNDEFINED,
+    Reader,
+    conformance,
+    contradiction,
+    looks_explicit,
+    malformed,
+    name,
+)
 from .values import TEXT_VRS, concrete_vr, dummy, shift
 
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END, PIXEL_DATA = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0x7FE00010
 DIRECTORY_RECORDS = 0x00041220
-TRANSFER_SYNTAX, MEDIA_SOP_CLASS = 0x00020010, 0x00020002
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
-SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN",
-                       "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
@@ -82,13 +94,18 @@ def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | Non
     """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError)."""
     key = resolve_secret(secret)
     try:
-        return _Stream(data, profile, key).file()
-    except (_Unsupported, UnicodeError):
-        result = deidentify(parse(data), profile, secret=key)
-        return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
-                          header_of(result.dataset))
+        try:
+            return _Stream(data, profile, key).file()
+        except (_Unsupported, UnicodeError):
+            result = deidentify(parse(data), profile, secret=key)
+            return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
+                              header_of(result.dataset))
+    except DeidError:
+        raise
     except RecursionError as exc:
         raise DeidError("too-deep", "sequences nested too deeply to process") from exc
+    except Exception as exc:  # only DeidError leaves the engine
+        raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
 
 
 def header_of(ds: Dataset) -> dict[str, str | int | None]:
@@ -167,11 +184,12 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
     return tuple(encoded)
 
 
-class _Stream:
+class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
     def __init__(self, data: bytes, profile: Profile, key: bytes) -> None:
-        self.data, self.view, self.profile, self.key = data, memoryview(data), profile, key
+        super().__init__(data)
+        self.view, self.profile, self.key = memoryview(data), profile, key
         self.uids = UidMapper(key)
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
@@ -185,6 +203,8 @@ class _Stream:
                 or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
             raise _Unsupported
         self.body, self.implicit = pos, syntax.is_implicit_VR
+        if pos < len(self.data) and looks_explicit(self.data, pos) == self.implicit:
+            raise _Unsupported  # encoded otherwise than its transfer syntax says: pydicom re-encodes
         chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False)
         header = self._header()
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
@@ -207,7 +227,7 @@ class _Stream:
             if keyword in ("Rows", "Columns"):
                 values[keyword] = unpack_from("<H", raw)[0] if len(raw) >= 2 else None
             else:
-                text = decode_bytes(raw, convert_encodings([c.strip() for c in charset]), set())
+                text = decode_bytes(raw, convert_encodings([c.strip(" \0") for c in charset]), set())
                 values[keyword] = text.strip(" \0") if keyword != "NumberOfFrames" else _int(text)
         return values
 
@@ -217,34 +237,12 @@ class _Stream:
             raise _Unsupported
         meta, pos = {}, 132
         while pos + 8 <= len(data) and unpack_from("<H", data, pos)[0] == 0x0002:
-            tag, vr, start, end = self._read_header(pos, False, len(data))
+            tag, vr, start, end = self.read_header(pos, False, len(data))
             if end is None:
-                raise _Unsupported
+                raise malformed(pos, f"file meta element {name(tag)} of undefined length")
             meta[tag] = data[start:end]
             pos = end
         return meta, pos
-
-    def _read_header(self, pos: int, implicit: bool, limit: int) -> tuple[int, str | None, int, int | None]:
-        """(tag, explicit VR, value start, value end or None when undefined) of one element."""
-        if pos + 8 > limit:
-            raise _Unsupported
-        group, element = unpack_from("<HH", self.data, pos)
-        tag = group << 16 | element
-        if implicit or group == 0xFFFE:
-            vr, length, start = None, unpack_from("<I", self.data, pos + 4)[0], pos + 8
-        else:
-            vr = self.data[pos + 4:pos + 6].decode("latin-1")
-            if vr in LONG_VRS:
-                length, start = unpack_from("<I", self.data, pos + 8)[0], pos + 12
-            elif vr in SHORT_VRS:
-                length, start = unpack_from("<H", self.data, pos + 6)[0], pos + 8
-            else:
-                raise _Unsupported
-        if length == UNDEFINED:
-            return tag, vr, start, None
-        if start + length > limit:
-            raise _Unsupported
-        return tag, vr, start, start + length
 
     def dataset(self, pos: int, limit: int, implicit: bool, depth: int,
                 dummy_text: bool) -> tuple[list[tuple[int, bytes]], int]:
@@ -252,25 +250,40 @@ class _Stream:
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         end = len(self.data) if limit is None else limit
+        if pos < end and not implicit and not looks_explicit(self.data, pos):
+            raise _Unsupported  # implicit VR items in an explicit VR file: pydicom reads them so
         chunks: list[tuple[int, bytes]] = []
         source_tags: list[int] = []
         private = PrivateBlocks(self.profile)
         last = -1
         while pos < end:
-            tag, vr, start, stop = self._read_header(pos, implicit, end)
+            if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
+                break
+            tag, vr, start, stop = self.read_header(pos, implicit, end)
             if tag == ITEM_END and limit is None:
                 pos = start
                 break
-            if tag >> 16 in (0x0002, 0xFFFE) or tag <= last or (depth == 0 and tag == DIRECTORY_RECORDS):
-                raise _Unsupported
+            if self.stray(pos, tag, stop, depth):
+                pos = stop
+                continue
+            if tag <= last or tag >> 16 == 0xFFFE:
+                self.order(pos, tag, last)
+            if depth == 0 and tag == DIRECTORY_RECORDS:
+                raise _Unsupported  # a DICOMDIR: the pydicom walker refuses it with its reason
             last = tag
             source_tags.append(tag)
-            known = vr if vr not in (None, "UN") else _dictionary_vr(tag)
+            if vr is None or vr == "UN":
+                known = _dictionary_vr(tag)
+            elif problem := contradiction(tag, vr):
+                raise malformed(pos, problem)
+            else:
+                known = vr
             if stop is None and tag != PIXEL_DATA:
+                self.undefined(pos, tag, vr)
                 known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
-                    pos = self._skip(start, stop, implicit or vr == "UN", depth)
+                    pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
                 action, text = "K", False
             else:
@@ -285,7 +298,7 @@ class _Stream:
                 self.top[tag] = self._value(chunk, implicit)
         else:
             if limit is None:
-                raise _Unsupported  # an item without its delimiter
+                raise malformed(pos, "an item of undefined length without its delimiter")
         dropped = set(private.orphaned())
         groups = orphaned_overlay_groups(source_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
@@ -298,8 +311,12 @@ class _Stream:
             items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY)
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
             return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
-        after = self._skip(start, stop, implicit or vr == "UN", depth)
+        after = self.past(known, start, stop, implicit or vr == "UN", depth)
         if op == KEEP:
+            if stop is not None and (problem := conformance(tag, known, self.data[start:stop])):
+                if problem[0]:
+                    raise malformed(pos, f"{name(tag)}: {problem[1]}")
+                return None, after
             if stop is not None and (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
                 pad = b" " if known in SPACE_PADDED else b"\0"
                 head = _header(tag, vr or known, stop - start + 1, implicit)
@@ -326,42 +343,19 @@ class _Stream:
         out, pos = [], start
         end = len(self.data) if stop is None else stop
         while pos < end:
-            tag, _, item_start, item_stop = self._read_header(pos, True, end)
+            tag, _, item_start, item_stop = self.read_header(pos, True, end)
             if tag == SEQUENCE_END and stop is None:
                 return b"".join(out), item_start
             if tag != ITEM:
-                raise _Unsupported
+                raise malformed(pos, f"{name(tag)} where a sequence item or its delimiter must be")
             chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text)
-            if item_stop is not None:
-                pos = item_stop
+            if pos > end:
+                raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
             out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
                     pack("<HHI", 0xFFFE, 0xE00D, 0)]
         if stop is None:
-            raise _Unsupported  # a sequence without its delimiter
+            raise malformed(pos, "a sequence of undefined length without its delimiter")
         return b"".join(out), stop
-
-    def _skip(self, start: int, stop: int | None, implicit: bool, depth: int) -> int:
-        """Where an element ends; an undefined length is followed through its items."""
-        if stop is not None:
-            return stop
-        pos = start
-        while True:
-            tag, _, item_start, item_stop = self._read_header(pos, True, len(self.data))
-            if tag == SEQUENCE_END:
-                return item_start
-            if tag != ITEM:
-                raise _Unsupported
-            pos = item_stop if item_stop is not None else self._skip_item(item_start, implicit, depth + 1)
-
-    def _skip_item(self, pos: int, implicit: bool, depth: int) -> int:
-        """Where an item of undefined length ends, read from headers alone."""
-        if depth > MAX_DEPTH:
-            raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
-        while True:
-            tag, vr, start, stop = self._read_header(pos, implicit, len(self.data))
-            if tag == ITEM_END:
-                return start
-            pos = self._skip(start, stop, implicit or vr == "UN", depth)
 
     def _value(self, chunk: bytes, implicit: bool) -> bytes:
         offset = 8 if implicit or bytes(chunk[4:6]).decode("latin-1") not in LONG_VRS else 12
@@ -378,10 +372,10 @@ class _Stream:
         """Raw values of a few top-level elements, read from headers alone."""
         found, pos, end = {}, self.body, len(self.data)
         while pos < end:
-            tag, _, start, stop = self._read_header(pos, self.implicit, end)
+            tag, _, start, stop = self.read_header(pos, self.implicit, end)
             if tag > max(wanted):
                 break
             if tag in wanted and stop is not None:
                 found[tag] = self.data[start:stop].rstrip(b" \0")
-            pos = self._skip(start, stop, self.implicit, 0)
+            pos = self.skip(start, stop, self.implicit, 0)
         return found

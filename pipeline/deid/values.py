@@ -66,3 +66,51 @@ def shift(vr: str, value: str, days: int) -> str:
     """Shift every value of a multi-valued DA or DT string."""
     one = shift_date if vr == "DA" else shift_datetime
     return "\\".join(one(v.strip(), days) for v in value.split("\\"))
+
+
+
+# PS3.5 6.2: what one value of each string VR may hold (default repertoire) and its longest length.
+_REPERTOIRE = {
+    "AE": (rb"[\x20-\x5b\x5d-\x7e]*", 16), "AS": (rb"(\d{3}[DWMY])?", 4), "CS": (rb"[A-Z0-9 _]*", 16),
+    "DA": (rb"[0-9.\- ]*", 18), "DS": (rb"[0-9+\-.Ee ]*", 16), "DT": (rb"[0-9.+\- ]*", 54),
+    "IS": (rb"[0-9+\- ]*", 12), "TM": (rb"[0-9.:\- ]*", 28), "UI": (rb"[0-9. ]*", 64),
+}
+_VALUES = {vr: re.compile(pattern) for vr, (pattern, _) in _REPERTOIRE.items()}
+# Control bytes no charset's text holds, save ESC (ISO 2022) and CR LF FF TAB in long text.
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f]")
+_LONG_TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_TEXT = {**dict.fromkeys(("AE", "LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS),
+         **dict.fromkeys(("LT", "ST", "UT"), _LONG_TEXT_CONTROLS)}
+_SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
+          "SV": 8, "UL": 4, "US": 2, "UV": 8}
+
+
+def nonconforming(vr: str, raw: bytes, most: int | None = None) -> tuple[bool, str] | None:
+    """Why a kept value is invalid for its VR (PS3.5 6.2), and whether that breaks the structure.
+
+    Headers swallowed into a value (a length enlarged, a VR flipped) show as control bytes in text
+    or as a size no multiple of a binary VR's unit: (True, why), and the object is refused. Other
+    faults, a value too long or outside its repertoire, or more binary values than the attribute's
+    multiplicity `most` allows, give (False, why): the value is removed. None: it conforms.
+    """
+    size = _SIZES.get(vr)
+    if size:
+        if len(raw) % size:
+            return True, f"{len(raw)} bytes is no multiple of {vr}'s {size}"
+        if most is not None and vr[0] != "O" and len(raw) > most * size:  # OB..OV: one value
+            return False, f"{len(raw) // size} values where at most {most} may be"
+        return None
+    controls = _TEXT.get(vr)
+    if controls is None:
+        return None
+    text = raw.rstrip(b"\0 ")
+    found = controls.search(text)
+    if found is not None:
+        return True, f"control byte 0x{text[found.start()]:02x} in a {vr} value"
+    check = _VALUES.get(vr)
+    if check is not None:
+        longest = _REPERTOIRE[vr][1]
+        for value in text.split(b"\\"):
+            if len(value) > longest or not check.fullmatch(value):
+                return False, f"{value[:24]!r} is not a valid {vr} value"
+    return None
