@@ -8,7 +8,7 @@ same strict structure check (`parse`), which decides or refuses with the reason.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from struct import pack, unpack_from
 from typing import NamedTuple
 
@@ -135,8 +135,12 @@ def _actions(profile: Profile) -> dict[int, str]:
     return {}
 
 
-@cache
 def _dictionary_vr(tag: int) -> str:
+    return "UN" if tag >> 16 & 1 else _public_vr(tag)
+
+
+@lru_cache(maxsize=8192)
+def _public_vr(tag: int) -> str:
     try:
         return concrete_vr(dictionary_VR(tag))
     except KeyError:
@@ -253,7 +257,8 @@ class _Stream(Reader):
         if pos < end and not implicit and not looks_explicit(self.data, pos):
             raise _Unsupported  # implicit VR items in an explicit VR file: pydicom reads them so
         chunks: list[tuple[int, bytes]] = []
-        source_tags: list[int] = []
+        overlay_tags: list[int] = []
+        span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
         last = -1
         while pos < end:
@@ -271,7 +276,8 @@ class _Stream(Reader):
             if depth == 0 and tag == DIRECTORY_RECORDS:
                 raise _Unsupported  # a DICOMDIR: the pydicom walker refuses it with its reason
             last = tag
-            source_tags.append(tag)
+            if tag >> 16 & 0xFF01 == 0x6000:
+                overlay_tags.append(tag)
             if vr is None or vr == "UN":
                 known = _dictionary_vr(tag)
             elif problem := contradiction(tag, vr):
@@ -291,17 +297,31 @@ class _Stream(Reader):
                     tag, resolved_action(tag, self.profile))
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
+            chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
             if chunk is not None:
-                chunks.append((tag, chunk))
-            if depth == 0 and tag in HEADER and chunk is not None:
-                self.top[tag] = self._value(chunk, implicit)
+                if depth == 0 and tag in HEADER:
+                    self.top[tag] = self._value(chunk, implicit)
+                verbatim = isinstance(chunk, memoryview)
+                if verbatim and span_end == pos and chunks[-1][0] >> 16 == tag >> 16 and self._runs(tag):
+                    chunks[-1] = (chunks[-1][0], self.view[span_start:after])  # one chunk per run
+                else:
+                    chunks.append((tag, chunk))
+                    span_start = pos
+                span_end = after if verbatim else -1
+            pos = after
         else:
             if limit is None:
                 raise malformed(pos, "an item of undefined length without its delimiter")
         dropped = set(private.orphaned())
-        groups = orphaned_overlay_groups(source_tags, [t for t, _ in chunks])
+        groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
+
+    def _runs(self, tag: int) -> bool:
+        """Whether kept elements of this group may share one chunk: not where chunks are later
+        dropped or replaced by tag (overlays, safe private blocks, the groups of the markers)."""
+        group = tag >> 16
+        return not (group in (0x0012, 0x0028) or group & 0xFF01 == 0x6000
+                    or (group & 1 and self.profile.retain_safe_private))
 
     def _apply(self, op: str, tag: int, vr: str | None, known: str, pos: int, start: int,
                stop: int | None, implicit: bool, depth: int) -> tuple[bytes | None, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from functools import cache
+from functools import lru_cache
 from struct import Struct, unpack_from
 
 from pydicom.datadict import dictionary_VM, dictionary_VR
@@ -46,18 +46,20 @@ def name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-@cache
 def dictionary_vr(tag: int) -> str:
     """The data dictionary's VR ('US or SS' for ambiguous ones), or UN for unknown and private tags."""
-    if tag >> 16 & 1:
-        return "UN"
+    return "UN" if tag >> 16 & 1 else _public_vr(tag)
+
+
+# Bounded caches, private tags kept out: a file of many distinct tags must not grow memory for good.
+@lru_cache(maxsize=8192)
+def _public_vr(tag: int) -> str:
     try:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
 
 
-@cache
 def contradiction(tag: int, vr: str) -> str | None:
     """Why a public attribute's explicit VR cannot be its own, or None when it can.
 
@@ -66,8 +68,13 @@ def contradiction(tag: int, vr: str) -> str | None:
     is, so its length and all that follows are misread. Other mismatches (LO for SH, US for SH)
     are common and harmless: the value is checked against the VR it is stored under.
     """
-    known = dictionary_vr(tag)
-    if vr in ("UN", "SQ") or known in ("UN", "NONE"):
+    return None if tag >> 16 & 1 or vr in ("UN", "SQ") else _contradiction(tag, vr)
+
+
+@lru_cache(maxsize=8192)
+def _contradiction(tag: int, vr: str) -> str | None:
+    known = _public_vr(tag)
+    if known in ("UN", "NONE"):
         return None
     alternatives = {v.strip() for v in known.split(" or ")}
     if vr in alternatives:
@@ -77,11 +84,13 @@ def contradiction(tag: int, vr: str) -> str | None:
     return None
 
 
-@cache
 def multiplicity(tag: int) -> int | None:
     """The most values a public attribute may hold, when its dictionary VM is bounded."""
-    if tag >> 16 & 1:
-        return None
+    return None if tag >> 16 & 1 else _multiplicity(tag)
+
+
+@lru_cache(maxsize=8192)
+def _multiplicity(tag: int) -> int | None:
     try:
         vm = dictionary_VM(tag)
     except KeyError:
