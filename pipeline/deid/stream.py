@@ -254,7 +254,8 @@ class _Stream(Reader):
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         end = len(self.data) if limit is None else limit
-        if pos < end and not implicit and not looks_explicit(self.data, pos):
+        if (pos < end and not implicit and not looks_explicit(self.data, pos)
+                and self.data[pos:pos + 4] != b"\xfe\xff\x0d\xe0"):  # not an empty item's delimiter
             raise _Unsupported  # implicit VR items in an explicit VR file: pydicom reads them so
         chunks: list[tuple[int, bytes]] = []
         overlay_tags: list[int] = []
