@@ -365,3 +365,12 @@ def test_the_element_limit_is_configurable_and_memory_stays_within_ten_times(mon
     assert isinstance(peak, int) and peak < 10 * len(data), (peak, len(data))
     out = deidentify_bytes(data, keep_all, secret=SECRET).data
     assert data[-1000:] in out  # every tiny element kept, verbatim
+
+
+@pytest.mark.parametrize(("old", "new"), [(b"498.77", b"498.\xe97"), (b"1.1.2\0", b"1.1.X\0")])
+def test_a_uid_that_is_no_uid_is_refused(old, new):
+    """A replaced UID with bytes outside ASCII, or a kept one (SOP Class) outside the UI repertoire."""
+    data = encode(seed())
+    assert old in data
+    result = outcome(data.replace(old, new))
+    assert isinstance(result, DeidError) and result.reason == "malformed"

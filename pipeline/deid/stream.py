@@ -36,6 +36,7 @@ from .operations import (
     WALK_DUMMY,
     PrivateBlocks,
     UidMapper,
+    name,
     operation,
     orphaned_overlay_groups,
     patient_identity,
@@ -59,7 +60,6 @@ from .structure import (
     contradiction,
     looks_explicit,
     malformed,
-    name,
 )
 from .values import TEXT_VRS, concrete_vr, dummy, shift
 
@@ -240,6 +240,8 @@ class _Stream(Reader):
         if data[128:132] != b"DICM":
             raise _Unsupported
         meta, pos = {}, 132
+        if not looks_explicit(data, pos):
+            raise _Unsupported  # file meta in implicit VR: pydicom reads it so, after the same check
         while pos + 8 <= len(data) and unpack_from("<H", data, pos)[0] == 0x0002:
             tag, vr, start, end = self.read_header(pos, False, len(data))
             if end is None:

@@ -17,7 +17,7 @@ from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.uid import UID
 
 from .errors import DeidError
-from .operations import MAX_DEPTH
+from .operations import MAX_DEPTH, name
 from .values import nonconforming
 
 UNDEFINED = 0xFFFFFFFF
@@ -40,10 +40,6 @@ def max_elements() -> int:
 
 def malformed(pos: int, what: str) -> DeidError:
     return DeidError("malformed", f"offset {pos}: {what}")
-
-
-def name(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def dictionary_vr(tag: int) -> str:

@@ -89,9 +89,10 @@ def nonconforming(vr: str, raw: bytes, most: int | None = None) -> tuple[bool, s
     """Why a kept value is invalid for its VR (PS3.5 6.2), and whether that breaks the structure.
 
     Headers swallowed into a value (a length enlarged, a VR flipped) show as control bytes in text
-    or as a size no multiple of a binary VR's unit: (True, why), and the object is refused. Other
-    faults, a value too long or outside its repertoire, or more binary values than the attribute's
-    multiplicity `most` allows, give (False, why): the value is removed. None: it conforms.
+    or as a size no multiple of a binary VR's unit: (True, why), and the object is refused, as it
+    is for a UID that is no UID. Other faults, a value too long or outside its repertoire, or more
+    binary values than the attribute's multiplicity `most` allows, give (False, why): the value is
+    removed. None: it conforms. `why` never quotes the value.
     """
     size = _SIZES.get(vr)
     if size:
@@ -111,6 +112,6 @@ def nonconforming(vr: str, raw: bytes, most: int | None = None) -> tuple[bool, s
     if check is not None:
         longest = _REPERTOIRE[vr][1]
         for value in text.split(b"\\"):
-            if len(value) > longest or not check.fullmatch(value):
-                return False, f"{value[:24]!r} is not a valid {vr} value"
+            if len(value) > longest or not check.fullmatch(value):  # a bad UID is no UID: refused
+                return vr == "UI", f"a {vr} value outside its repertoire or over {longest} bytes"
     return None
