@@ -336,7 +336,7 @@ class _Stream(Reader):
             return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
         after = self.past(known, start, stop, implicit or vr == "UN", depth)
         if op == KEEP:
-            if stop is not None and (problem := conformance(tag, known, self.data[start:stop])):
+            if stop is not None and (problem := conformance(tag, known, self.view[start:stop])):
                 if problem[0]:
                     raise malformed(pos, f"{name(tag)}: {problem[1]}")
                 return None, after

@@ -95,7 +95,7 @@ def _multiplicity(tag: int) -> int | None:
     return int(most) if most.isdigit() else None
 
 
-def conformance(tag: int, vr: str, raw: bytes) -> tuple[bool, str] | None:
+def conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] | None:
     """`values.nonconforming` for a kept element; Specific Character Set is read as pydicom reads it
     ('ISO-IR 100', 'GB18030' with NUL padding), since dropping it would change every text's meaning."""
     return nonconforming("LO" if tag == SPECIFIC_CHARACTER_SET else vr, raw, multiplicity(tag))

@@ -85,7 +85,7 @@ _SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2
           "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
 
-def nonconforming(vr: str, raw: bytes, most: int | None = None) -> tuple[bool, str] | None:
+def nonconforming(vr: str, raw: bytes | memoryview, most: int | None = None) -> tuple[bool, str] | None:
     """Why a kept value is invalid for its VR (PS3.5 6.2), and whether that breaks the structure.
 
     Headers swallowed into a value (a length enlarged, a VR flipped) show as control bytes in text
@@ -104,7 +104,7 @@ def nonconforming(vr: str, raw: bytes, most: int | None = None) -> tuple[bool, s
     controls = _TEXT.get(vr)
     if controls is None:
         return None
-    text = raw.rstrip(b"\0 ")
+    text = bytes(raw).rstrip(b"\0 ")
     found = controls.search(text)
     if found is not None:
         return True, f"control byte 0x{text[found.start()]:02x} in a {vr} value"
