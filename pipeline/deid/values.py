@@ -69,17 +69,18 @@ def shift(vr: str, value: str, days: int) -> str:
 
 
 
-# PS3.5 6.2: what one value of each string VR may hold (default repertoire) and its longest length.
+# PS3.5 6.2: the characters each string VR may hold (default repertoire), and one value's length.
 _REPERTOIRE = {
-    "AE": (rb"[\x20-\x5b\x5d-\x7e]*", 16), "AS": (rb"(\d{3}[DWMY])?", 4), "CS": (rb"[A-Z0-9 _]*", 16),
-    "DA": (rb"[0-9.\- ]*", 18), "DS": (rb"[0-9+\-.Ee ]*", 16), "DT": (rb"[0-9.+\- ]*", 54),
-    "IS": (rb"[0-9+\- ]*", 12), "TM": (rb"[0-9.:\- ]*", 28), "UI": (rb"[0-9. ]*", 64),
+    "AE": (bytes(range(0x20, 0x7F)), 16), "AS": (b"0123456789DWMY", 4),
+    "CS": (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _", 16), "DA": (b"0123456789.- ", 18),
+    "DS": (b"0123456789+-.Ee ", 16), "DT": (b"0123456789.+- ", 54), "IS": (b"0123456789+- ", 12),
+    "TM": (b"0123456789.:- ", 28), "UI": (b"0123456789. ", 64),
 }
-_VALUES = {vr: re.compile(pattern) for vr, (pattern, _) in _REPERTOIRE.items()}
+_AGE = re.compile(rb"(?:\d{3}[DWMY])?(?:\\(?:\d{3}[DWMY])?)*")
 # Control bytes no charset's text holds, save ESC (ISO 2022) and CR LF FF TAB in long text.
 _CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f]")
 _LONG_TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
-_TEXT = {**dict.fromkeys(("AE", "LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS),
+_TEXT = {**dict.fromkeys(("LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS),
          **dict.fromkeys(("LT", "ST", "UT"), _LONG_TEXT_CONTROLS)}
 _SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
           "SV": 8, "UL": 4, "US": 2, "UV": 8}
@@ -105,13 +106,15 @@ def nonconforming(vr: str, raw: bytes | memoryview, most: int | None = None) -> 
     if controls is None:
         return None
     text = bytes(raw).rstrip(b"\0 ")
+    repertoire = _REPERTOIRE.get(vr)
+    if repertoire is not None and not text.translate(None, repertoire[0] + b"\\"):  # bytes at C speed
+        longest = len(text) if len(text) <= repertoire[1] else max(map(len, text.split(b"\\")))
+        if longest <= repertoire[1] and (vr != "AS" or _AGE.fullmatch(text)):
+            return None
+        return vr == "UI", f"a {vr} value longer than {repertoire[1]} bytes or malformed"
     found = controls.search(text)
     if found is not None:
         return True, f"control byte 0x{text[found.start()]:02x} in a {vr} value"
-    check = _VALUES.get(vr)
-    if check is not None:
-        longest = _REPERTOIRE[vr][1]
-        for value in text.split(b"\\"):
-            if len(value) > longest or not check.fullmatch(value):  # a bad UID is no UID: refused
-                return vr == "UI", f"a {vr} value outside its repertoire or over {longest} bytes"
+    if repertoire is not None:  # a bad UID is no UID: refused; other values are removed
+        return vr == "UI", f"a {vr} value outside its VR's repertoire"
     return None
