@@ -23,7 +23,7 @@ from pipeline.deid.stream import deidentify_bytes, header_of
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 SECRET = "corpus-test-secret"
-REFUSALS = {"dicomdir", "not-composite", "truncated", "not-dicom", "unreadable", "too-deep",
+REFUSALS = {"dicomdir", "not-composite", "truncated", "not-dicom", "unreadable", "too-deep", "malformed",
             "unsupported-transfer-syntax", "unprocessable", "unwritable", "empty"}
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "DS", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
             "UI", "UR", "UT"}

@@ -79,9 +79,9 @@ def test_clean_file_is_written_and_the_guard_had_values_to_search(monkeypatch):
     searched = []
     check = guard_module.Guard.check
 
-    def spy(self):
+    def spy(self, output=None):
         searched.append(set(self._patterns()))
-        return check(self)
+        return check(self, output)
 
     monkeypatch.setattr(guard_module.Guard, "check", spy)
     result = deidentify_bytes(to_bytes(clean_dataset()), Profile(), secret=SECRET)
@@ -204,7 +204,7 @@ def test_corpus_false_refusals(profile, monkeypatch):
         assert written > 400
         false = []
         with monkeypatch.context() as patch:
-            patch.setattr(guard_module.Guard, "check", lambda self: None)
+            patch.setattr(guard_module.Guard, "check", lambda self, output=None: None)
             for path in refused:
                 data = (CORPUS / path).read_bytes()
                 out = deidentify_bytes(data, profile, secret=SECRET).data

@@ -37,9 +37,9 @@ from .operations import (
 )
 from .profile import Profile, resolve
 from .rules import action_at
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
 from .values import concrete_vr, dummy, empty, shift
 
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
 
 
@@ -93,6 +93,8 @@ class _Walk:
         """The element that replaces `elem`, or None when nothing should remain."""
         tag, vr = elem.tag, _vr(elem)
         if op == KEEP:
+            if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+                return self._conforming(elem, vr)
             return self._keep(elem)
         if op == EMPTY:
             return DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
@@ -120,6 +122,18 @@ class _Walk:
         elif elem.is_implicit_VR != implicit:  # same bytes, only the header changes
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
+
+    def _conforming(self, elem: RawDataElement, vr: str):
+        """A raw element kept only when whole and valid for its VR; see `values.nonconforming`."""
+        if elem.length != UNDEFINED and len(elem.value) != elem.length:
+            raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
+                                         f"{elem.length} bytes")
+        problem = conformance(elem.tag, vr, elem.value)
+        if problem is None:
+            return self._keep(elem)
+        if problem[0]:
+            raise DeidError("malformed", f"offset {elem.value_tell}: {elem.tag}: {problem[1]}")
+        return None
 
     def _sequence(self, elem, depth: int, dummy_text: bool, path: tuple[int, ...]) -> DataElement:
         if isinstance(elem, RawDataElement):

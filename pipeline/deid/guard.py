@@ -21,8 +21,10 @@ from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
 from .errors import DeidError
+from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATES
 from .operations import KEEP, WALK, WALK_DUMMY
 from .profile import Profile
+from .values import _DUMMIES, DUMMY_TEXT
 
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
 # read as text. Code strings, ages and numbers are generic; binary values are not text.
@@ -44,13 +46,20 @@ _NUMERIC = re.compile(rb"[0-9.+\- ]+")
 _WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
 
 Value = Callable[[], bytes | memoryview]
+# What the engine itself writes into outputs, so a removed value equal to one of them is no leak.
+ENGINE_WORDS = "\0".join([
+    DUMMY_TEXT, *(str(v) for v in _DUMMIES.values() if isinstance(v, str)), *TEMPORAL_STATES, "YES",
+    *(meaning for _, meaning in [BASIC_CODE, *OPTION_CODES.values()]), PRIVATE_KEPT_NOTE, "dicom-deid",
+]).encode()
 
 
 class Guard:
     """Values one walk read from its input: identifying ones to search for, kept ones that explain."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, searches_output: bool = False) -> None:
         self.private_explains = profile.retain_safe_private  # Table E.3.10-1 lists safe values only
+        # The byte walker hands `check` its output bytes: no per-element copy of what it keeps.
+        self.searches_output = searches_output
         self.removed: dict[tuple[str, bytes], int] = {}  # (VR, value) -> the first tag it came from
         self.explaining: list[bytes | memoryview] = []
         self.kept: list[bytes | memoryview] = []
@@ -64,13 +73,15 @@ class Guard:
             explains = vr in EXPLAINING_VRS and _printable(raw)
             if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
                 self.explaining.append(raw)
-            if vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS):
+            if not self.searches_output and (vr not in ("DS", "IS")
+                                             or bytes(raw).translate(None, _NUMBER_CHARS)):
                 self.kept.append(raw)
         elif vr in SEARCHED_VRS and op not in (WALK, WALK_DUMMY) and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
 
-    def check(self) -> None:
-        """Refuse the object when what it keeps holds a removed value that nothing explains."""
+    def check(self, output: bytes | None = None) -> None:
+        """Refuse the object when what it keeps (or its `output` bytes) holds a removed value that
+        nothing explains; the engine's own words (dummies, markers) explain themselves."""
         patterns = self._patterns()
         if not patterns:
             return
@@ -78,8 +89,8 @@ class Guard:
         for pattern, tag in patterns.items():
             automaton.add_word(pattern, (pattern, tag))
         automaton.make_automaton()
-        explained = {p for p, _ in _hits(automaton, b"\0".join(self.explaining))}
-        for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
+        explained = {p for p, _ in _hits(automaton, b"\0".join([*self.explaining, ENGINE_WORDS]))}
+        for pattern, tag in _hits(automaton, b"\0".join(self.kept) if output is None else output):
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import DeidError
 from .keys import new_uid
 from .profile import Profile
 from .rules import safe_private
@@ -15,6 +16,10 @@ DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 MAX_DEPTH = 64
 PATIENT_ID, ISSUER, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
+
+
+def name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def shifting_dates(profile: Profile) -> bool:
@@ -103,6 +108,8 @@ class UidMapper:
         new = []
         for uid in (v.strip(" \0") for v in value.split("\\")):
             if uid:
+                if not uid.isascii():
+                    raise DeidError("malformed", f"a UID of {name(tag)} holds bytes outside ASCII")
                 if uid not in self.uid_map:
                     self.uid_map[uid] = new_uid(self.key, uid)
                     self.uid_attributes[uid] = tag
