@@ -374,3 +374,23 @@ def test_a_uid_that_is_no_uid_is_refused(old, new):
     assert old in data
     result = outcome(data.replace(old, new))
     assert isinstance(result, DeidError) and result.reason == "malformed"
+
+
+def test_a_date_stored_under_a_binary_vr_is_not_kept_by_modified_dates():
+    """Study Date re-encoded as FD holds the same eight digits: under Modified Dates it cannot be
+    shifted, so it is replaced, never copied (a fuzzer find)."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.8.498.5"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.6", "1.2.826.0.1.3680043.8.498.7"
+    ds.add_new(0x00080020, "FD", 0.0)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\x08\x00\x20\x00FD\x08\x00") + 8
+    data[at:at + 8] = b"19760616"
+    profile = Profile(retain_long_modified_dates=True)
+    for out in (deidentify_bytes(bytes(data), profile, secret="s").data,
+                serialize(apply(parse(bytes(data)), profile, secret="s")[0])):
+        assert b"19760616" not in out

@@ -51,7 +51,11 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     if action == "U":  # a UID attribute stored under another VR: nothing safe to keep
         return DROP
     if action == "M" or (action == "C" and vr in DATE_VRS and shifting):
-        return SHIFT if vr in DATE_VRS else KEEP  # times are kept; only dates move
+        if vr in DATE_VRS:
+            return SHIFT
+        # Times are kept; only dates move. A date stored under any other VR (FD, UL, ...) cannot be
+        # shifted and must not be kept as it is.
+        return KEEP if vr == "TM" else DUMMY
     if action == "C" and vr in BULK_VRS:
         return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
     return DUMMY
