@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 SECRET = "corpus-test-secret"
 REFUSALS = {"dicomdir", "not-composite", "truncated", "not-dicom", "unreadable", "too-deep", "malformed",
-            "unsupported-transfer-syntax", "unprocessable", "unwritable", "empty"}
+            "leak-guard", "unsupported-transfer-syntax", "unprocessable", "unwritable", "empty"}
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "DS", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
             "UI", "UR", "UT"}
 UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")

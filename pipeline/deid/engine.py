@@ -38,7 +38,7 @@ from .operations import (
 from .profile import Profile, resolve
 from .rules import action_at
 from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
-from .values import concrete_vr, dummy, empty, shift
+from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
 
@@ -115,6 +115,9 @@ class _Walk:
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
         if not isinstance(elem, RawDataElement):
             return elem
+        if isinstance(elem.value, bytes) and len(elem.value) % 2:  # odd lengths are invalid: pad, as
+            pad = b" " if _vr(elem) in SPACE_PADDED else b"\0"  # the byte walker does
+            elem = elem._replace(value=elem.value + pad, length=len(elem.value) + 1)
         implicit, little = self.encoding
         if elem.is_little_endian != little:
             elem = convert_raw_data_element(elem, encoding=self.charset)

@@ -63,11 +63,10 @@ from .structure import (
     looks_explicit,
     malformed,
 )
-from .values import TEXT_VRS, concrete_vr, dummy, shift
+from .values import SPACE_PADDED, concrete_vr, dummy, shift
 
 DIRECTORY_RECORDS = 0x00041220
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
-SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
 PIXEL_GROUP = 0x7FE0  # pixel data is never read as elements, so never searched
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
 SOP_CLASS = 0x00080016

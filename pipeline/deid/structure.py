@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zlib
 from functools import lru_cache
-from struct import Struct, unpack_from
+from struct import Struct, pack, unpack_from
 
 from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.uid import UID
@@ -106,6 +106,9 @@ def looks_explicit(data: bytes, pos: int) -> bool:
     return pos + 6 <= len(data) and 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B
 
 
+_EMPTY_DELIMITERS = (pack("<HHI", 0xFFFE, 0xE00D, 0), pack("<HHI", 0xFFFE, 0xE0DD, 0))
+
+
 class Reader:
     """Strict element headers of one byte string in one byte order, counted against a limit."""
 
@@ -167,8 +170,16 @@ class Reader:
             raise malformed(pos, f"undefined length on {name(tag)}, a {dictionary_vr(tag)} element")
 
     def stray(self, pos: int, tag: int, stop: int | None, depth: int) -> bool:
-        """Zero-length delimiters between top-level elements carry nothing and are skipped."""
-        return depth == 0 and tag in (ITEM_END, SEQUENCE_END) and stop == pos + 8
+        """Zero-length delimiters after the last top-level element carry nothing and are skipped; one
+        between elements is refused, since pydicom would stop reading there and the walkers differ."""
+        if not (depth == 0 and tag in (ITEM_END, SEQUENCE_END) and stop == pos + 8):
+            return False
+        rest = pos
+        while rest < len(self.data) and self.data[rest:rest + 8] in _EMPTY_DELIMITERS:
+            rest += 8
+        if rest < len(self.data) and not self.padding(rest, len(self.data)):
+            raise malformed(pos, f"{name(tag)} between top-level elements")
+        return True
 
     def padding(self, pos: int, end: int) -> bool:
         """Zero bytes after the last top-level element (a padded file) end the dataset."""

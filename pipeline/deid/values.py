@@ -11,6 +11,7 @@ TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"
 # Free text that, when it sits inside a sequence replaced by a dummy, is assumed to identify.
 FREE_TEXT_VRS = TEXT_VRS - {"CS"}
 DATE_VRS = frozenset({"DA", "DT"})
+SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}  # odd lengths padded with a space
 _DUMMIES: dict[str, Any] = {
     "AS": "000D", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
     "DS": "0", "IS": "0", "FL": 0.0, "FD": 0.0, "AT": 0,
