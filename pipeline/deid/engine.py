@@ -78,8 +78,9 @@ class _Walk:
             else:
                 action, text = action_at(tag, self.profile, self.iod, path), dummy_text
             op = operation(action, _vr(elem), text, shifting)
-            self.guard.note(tag, op, _vr(elem), value)
             new = self._element(elem, op, depth, path)
+            if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                self.guard.note(tag, op, _vr(elem), value)
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():

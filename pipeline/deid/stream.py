@@ -314,8 +314,9 @@ class _Stream(Reader):
                 action = self.actions.get(tag) or self._action(tag, path)
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
+            if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
                     self.top[tag] = self._value(chunk, implicit)
