@@ -13,6 +13,7 @@ from fuzzing.check import SECRET, leaked
 from fuzzing.mutations import KINDS
 from fuzzing.seeds import NEEDLES, bundled_seeds, by_name
 
+from pipeline.deid import DeidError
 from pipeline.deid.stream import deidentify_bytes
 
 MASTER_SEED = 20261127
@@ -35,7 +36,13 @@ def test_seeds_carry_the_planted_values_and_come_out_clean(seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name, profile in PROFILES.items():
-                output = deidentify_bytes(seed.data, profile, secret=SECRET).data
+                try:
+                    output = deidentify_bytes(seed.data, profile, secret=SECRET).data
+                except DeidError as refusal:
+                    # Kept private elements may copy a removed value (JPEG2000.dcm's (0009,1042) holds
+                    # the Series Date): the guard refuses that, and only that, under retain_private_tags.
+                    assert refusal.reason == "leak-guard" and profile.retain_private_tags, (seed.name, name)
+                    continue
                 assert not leaked(output, profile), (seed.name, name)
 
 

@@ -224,3 +224,19 @@ def test_a_name_in_kept_public_free_text_is_refused():
     ds.ExtendedCodeMeaning = "Reviewed with Jane Doe on the ward"  # LT, kept (K) by Table E.1-1
     assert action_for("ExtendedCodeMeaning", Profile()) == "K"
     assert outcomes(to_bytes(ds), Profile()) == {"bytes": "leak-guard", "datasets": "leak-guard"}
+
+
+def test_an_element_swallowed_by_a_kept_private_binary_value_is_refused():
+    """A private FL whose length runs over a public name element: the walker never reads that element,
+    but the guard finds its header inside the kept value (a fuzzer find)."""
+    ds = clean_dataset()
+    ds.add_new(0x00430010, "LO", "GEMS_PARM_01")
+    ds.add_new(0x0043104E, "FL", 1.0)
+    ds.add_new(0x00431050, "FL", 2.0)
+    data = bytearray(to_bytes(ds))
+    at = data.index(b"\x43\x00\x4e\x10FL\x04\x00")
+    hidden = pack("<HH2sH", 0x0008, 0x1070, b"PN", 16) + b"ZQXOPERATOR^ONE "  # Operators' Name
+    data[at + 12:at + 12] = hidden  # inside the FL value, which now runs over it: 4 + 24 bytes
+    data[at + 6:at + 8] = pack("<H", 4 + len(hidden))
+    assert outcomes(bytes(data), Profile(retain_private_tags=True)) == {"bytes": "leak-guard",
+                                                                        "datasets": "leak-guard"}

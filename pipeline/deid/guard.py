@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from struct import pack
 
 import ahocorasick
 from pydicom.charset import encode_string
+from pydicom.datadict import dictionary_VR
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
@@ -24,6 +26,7 @@ from .errors import DeidError
 from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATES
 from .operations import KEEP, WALK, WALK_DUMMY
 from .profile import Profile
+from .rules import listed_tags, resolved_action
 from .values import _DUMMIES, DUMMY_TEXT
 
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
@@ -35,6 +38,7 @@ SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", 
 EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "CS", "DS", "IS"}
 UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
+MIN_HIDDEN = 12  # an element header and a short value: anything shorter hides nothing
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
 MAX_EXPLAINING = 4096  # longer kept values are data (contours, lists), not a name said on purpose
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pixels, never read as elements
@@ -63,6 +67,8 @@ class Guard:
         self.removed: dict[tuple[str, bytes], int] = {}  # (VR, value) -> the first tag it came from
         self.explaining: list[bytes | memoryview] = []
         self.kept: list[bytes | memoryview] = []
+        self.opaque: list[bytes | memoryview] = []  # kept private or binary values: may hide elements
+        self.profile = profile
 
     def note(self, tag: int, op: str, vr: str, value: Value) -> None:
         """One element's fate: removed or replaced (searched for), or kept (may explain a hit)."""
@@ -73,6 +79,8 @@ class Guard:
             explains = vr in EXPLAINING_VRS and _printable(raw)
             if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
                 self.explaining.append(raw)
+            if (tag >> 16 & 1 or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
+                self.opaque.append(raw)
             if not self.searches_output and (vr not in ("DS", "IS")
                                              or bytes(raw).translate(None, _NUMBER_CHARS)):
                 self.kept.append(raw)
@@ -82,6 +90,7 @@ class Guard:
     def check(self, output: bytes | None = None) -> None:
         """Refuse the object when what it keeps (or its `output` bytes) holds a removed value that
         nothing explains; the engine's own words (dummies, markers) explain themselves."""
+        self._check_hidden_elements()
         patterns = self._patterns()
         if not patterns:
             return
@@ -94,6 +103,17 @@ class Guard:
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")
+
+    def _check_hidden_elements(self) -> None:
+        """A kept opaque value holding the explicit VR header of an element the profile removes has
+        swallowed that element (a length run over what follows): its value was never read, so only
+        its header can tell."""
+        if not self.opaque:
+            return
+        automaton = _removed_headers(self.profile)
+        for _, tag in automaton.iter(b"\0".join(self.opaque).decode("latin-1")):
+            raise DeidError("leak-guard", f"a kept private or binary value holds the header of {Tag(tag)}, "
+                                          "an element the profile removes; the object is not written")
 
     def _patterns(self) -> dict[str, int]:
         """Lowered, specific forms of the removed values -> the tag each came from first."""
@@ -108,6 +128,23 @@ def _printable(raw: bytes | memoryview) -> bool:
     """No control bytes: a value holding element headers (a swallowed element) explains nothing."""
     data = bytes(raw).rstrip(b"\0")
     return data.translate(None, _CONTROL) == data
+
+
+@lru_cache(maxsize=64)
+def _removed_headers(profile: Profile) -> ahocorasick.Automaton:
+    """Explicit VR little endian headers (tag and dictionary VR) of the attributes Table E.1-1 lists
+    that the profile does not keep as they are."""
+    automaton = ahocorasick.Automaton()
+    for tag in listed_tags():
+        if resolved_action(tag, profile) != "K":
+            try:
+                vr = dictionary_VR(tag).split(" or ")[0]
+            except KeyError:
+                continue
+            header = pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+            automaton.add_word(header.decode("latin-1"), tag)
+    automaton.make_automaton()
+    return automaton
 
 
 def _untyped_text(raw: bytes | memoryview) -> bool:

@@ -69,6 +69,11 @@ def _tag_rows() -> dict[int, dict[str, str]]:
     return {int(m[1] + m[2], 16): row for key, row in table().items() if (m := _SINGLE.match(key))}
 
 
+def listed_tags() -> tuple[int, ...]:
+    """The single attributes Table E.1-1 lists (not the repeating or private groups)."""
+    return tuple(_tag_rows())
+
+
 @cache
 def _keywords() -> dict[str, int]:
     return {row["keyword"]: tag for tag, row in _tag_rows().items()}
