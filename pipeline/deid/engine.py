@@ -145,7 +145,9 @@ class _Walk:
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
         items = [self.items(item, depth + 1, dummy_text, path) for item in elem.value]
-        return DataElement(elem.tag, "SQ", Sequence(items))
+        for item in items:  # undefined lengths, as the byte walker writes them: a private sequence in
+            item.is_undefined_length_sequence_item = True  # implicit VR stays readable as one
+        return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=True)
 
 
 def _vr(elem) -> str:
