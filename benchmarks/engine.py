@@ -5,8 +5,9 @@ Usage: python benchmarks/engine.py [--rounds 5] [FOLDER]
 FOLDER defaults to ../shared/corpus (else pydicom's bundled test files). Files are held in memory so
 that every side measures parsing, processing and encoding, not the disk. Each round times, over the
 same files and in rotating order, the baseline (pydicom dcmread + save_as), the engine's byte path
-(`deidentify_bytes`, what the pipeline runs) and its dataset API (parse + apply + serialize); the
-figures printed are medians over rounds, with the range of the per-round ratios as the noise.
+(`deidentify_bytes`, what the pipeline runs) with its output guard and without it (the guard's
+collection and search switched off), and its dataset API (parse + apply + serialize); the figures
+printed are medians over rounds, with the range of the per-round ratios as the noise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from pipeline.deid import DeidError, apply, basic_profile, parse, serialize
+from pipeline.deid.guard import Guard
 from pipeline.deid.stream import deidentify_bytes
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -39,6 +42,22 @@ def dataset_api(data: bytes) -> None:
 
 def byte_path(data: bytes) -> None:
     deidentify_bytes(data, basic_profile(), secret="benchmark")
+
+
+@contextmanager
+def guard_off():
+    """The walkers' hooks stay in place; what they would collect and search is skipped."""
+    saved = Guard.note, Guard.check
+    Guard.note = Guard.check = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        Guard.note, Guard.check = saved
+
+
+def byte_path_unguarded(data: bytes) -> None:
+    with guard_off():
+        byte_path(data)
 
 
 def usable(folder: Path) -> list[bytes]:
@@ -73,11 +92,11 @@ def main() -> None:
     files = usable(folder)
     megabytes = sum(map(len, files)) / 1e6
     sides = {"baseline pydicom read+write": baseline, "engine bytes (pipeline)": byte_path,
-             "engine dataset API": dataset_api}
+             "engine bytes, guard off": byte_path_unguarded, "engine dataset API": dataset_api}
     times: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(args.rounds):
         names = list(sides)
-        for name in names[i % 3:] + names[:i % 3]:
+        for name in names[i % len(names):] + names[:i % len(names)]:
             times[name].append(timed(sides[name], files))
     print(f"{len(files)} files, {megabytes:.1f} MB from {folder}, {args.rounds} rounds")
     base = times["baseline pydicom read+write"]
@@ -86,6 +105,10 @@ def main() -> None:
         ratios = [b / t for b, t in zip(base, taken, strict=True)]
         print(f"{name:30} {len(files) / median:7.1f} files/s {megabytes / median:7.1f} MB/s  "
               f"{statistics.median(ratios):.2f}x baseline (rounds {min(ratios):.2f}x-{max(ratios):.2f}x)")
+    guarded, unguarded = times["engine bytes (pipeline)"], times["engine bytes, guard off"]
+    costs = [on / off - 1 for on, off in zip(guarded, unguarded, strict=True)]
+    print(f"guard cost on the byte path: {statistics.median(costs):+.0%} time "
+          f"(rounds {min(costs):+.0%} to {max(costs):+.0%})")
 
 
 if __name__ == "__main__":

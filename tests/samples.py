@@ -99,3 +99,13 @@ def identifying_strings(files: dict[str, bytes]) -> set[bytes]:
 def tree(root: Path) -> dict[str, bytes]:
     """Every file below `root` by relative path."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def dataset_values(ds) -> dict:
+    """Every value at every depth, for comparing two encodings of the same content."""
+    found = {}
+    for tag in ds.keys():
+        elem = ds[tag]
+        found[tag] = ([dataset_values(item) for item in elem.value] if elem.VR == "SQ"
+                      else list(elem.value) if elem.VM > 1 else elem.value)
+    return found

@@ -258,10 +258,10 @@ def test_sequence_stored_as_un_is_processed_like_any_other(run):
 
 def test_x_removes_a_sequence_and_k_keeps_it_processed():
     ds = make_dataset()
-    ds.ReferencedImageSequence = Sequence([item(ReferencedSOPInstanceUID=UIDS["ref_sop"])])
-    assert action_for("ReferencedImageSequence", basic_profile()) == "X"
+    ds.RequestAttributesSequence = Sequence([item(ReferencedSOPInstanceUID=UIDS["ref_sop"])])
+    assert action_for("RequestAttributesSequence", basic_profile()) == "X"
     out, _ = apply(ds, secret=SECRET)
-    assert "ReferencedImageSequence" not in out
+    assert "RequestAttributesSequence" not in out
     assert action_for("ReferencedSeriesSequence", basic_profile()) == "K"
     assert out.ReferencedSeriesSequence[0].SeriesInstanceUID != UIDS["ref_series"]
 

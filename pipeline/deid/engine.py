@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
@@ -12,10 +13,13 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .errors import DeidError
+from .guard import Guard, element_value
+from .iods import REFERENCED_SERIES, Iod, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
     BLANK,
+    DROP,
     DUMMY,
     EMPTY,
     KEEP,
@@ -32,10 +36,10 @@ from .operations import (
     shifting_dates,
 )
 from .profile import Profile, resolve
-from .rules import resolved_action
-from .values import concrete_vr, dummy, empty, shift
+from .rules import action_at
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
+from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
 
 
@@ -48,9 +52,14 @@ class _Walk:
     shift_days: int
     charset: str | list[str] | None
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
+    iod: Iod | None  # what decides compound codes
+    guard: Guard
 
-    def items(self, source: Dataset, depth: int, dummy_text: bool) -> Dataset:
-        """A new dataset holding what survives of `source`, each element by its own action."""
+    def items(self, source: Dataset, depth: int, dummy_text: bool, path: tuple[int, ...] = ()) -> Dataset:
+        """A new dataset holding what survives of `source`, each element by its own action.
+
+        `path` holds the tags of the sequences above it, outermost first.
+        """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         # Matching encodings and character set let pydicom copy kept elements' bytes unparsed.
@@ -60,13 +69,18 @@ class _Walk:
         shifting = shifting_dates(self.profile)
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
+            value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
+                    self.guard.note(tag, DROP, _vr(elem), value)
                     continue
                 action, text = "K", False
             else:
-                action, text = resolved_action(tag, self.profile), dummy_text
-            new = self._element(elem, operation(action, _vr(elem), text, shifting), depth)
+                action, text = action_at(tag, self.profile, self.iod, path), dummy_text
+            op = operation(action, _vr(elem), text, shifting)
+            new = self._element(elem, op, depth, path)
+            if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                self.guard.note(tag, op, _vr(elem), value)
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():
@@ -76,10 +90,12 @@ class _Walk:
                 del out[tag]
         return out
 
-    def _element(self, elem, op: str, depth: int):
+    def _element(self, elem, op: str, depth: int, path: tuple[int, ...]):
         """The element that replaces `elem`, or None when nothing should remain."""
         tag, vr = elem.tag, _vr(elem)
         if op == KEEP:
+            if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+                return self._conforming(elem, vr)
             return self._keep(elem)
         if op == EMPTY:
             return DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
@@ -93,13 +109,16 @@ class _Walk:
         if op == BLANK:
             return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op in (WALK, WALK_DUMMY):
-            return self._sequence(elem, depth, op == WALK_DUMMY)
+            return self._sequence(elem, depth, op == WALK_DUMMY, path + (int(tag),))
         return None
 
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
         if not isinstance(elem, RawDataElement):
             return elem
+        if isinstance(elem.value, bytes) and len(elem.value) % 2:  # odd lengths are invalid: pad, as
+            pad = b" " if _vr(elem) in SPACE_PADDED else b"\0"  # the byte walker does
+            elem = elem._replace(value=elem.value + pad, length=len(elem.value) + 1)
         implicit, little = self.encoding
         if elem.is_little_endian != little:
             elem = convert_raw_data_element(elem, encoding=self.charset)
@@ -108,13 +127,27 @@ class _Walk:
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
 
-    def _sequence(self, elem, depth: int, dummy_text: bool) -> DataElement:
+    def _conforming(self, elem: RawDataElement, vr: str):
+        """A raw element kept only when whole and valid for its VR; see `values.nonconforming`."""
+        if elem.length != UNDEFINED and len(elem.value) != elem.length:
+            raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
+                                         f"{elem.length} bytes")
+        problem = conformance(elem.tag, vr, elem.value)
+        if problem is None:
+            return self._keep(elem)
+        if problem[0]:
+            raise DeidError("malformed", f"offset {elem.value_tell}: {elem.tag}: {problem[1]}")
+        return None
+
+    def _sequence(self, elem, depth: int, dummy_text: bool, path: tuple[int, ...]) -> DataElement:
         if isinstance(elem, RawDataElement):
             if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
-        items = [self.items(item, depth + 1, dummy_text) for item in elem.value]
-        return DataElement(elem.tag, "SQ", Sequence(items))
+        items = [self.items(item, depth + 1, dummy_text, path) for item in elem.value]
+        for item in items:  # undefined lengths, as the byte walker writes them: a private sequence in
+            item.is_undefined_length_sequence_item = True  # implicit VR stays readable as one
+        return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=True)
 
 
 def _vr(elem) -> str:
@@ -180,8 +213,11 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         syntax = transfer_syntax(dataset)
         identity = patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
-                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian))
+                     dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
+                     iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset),
+                     Guard(profile))
         body = walk.items(dataset, 0, False)
+        walk.guard.check()
         mark(body, profile)
         meta = file_meta_for(body, syntax)
     except DeidError:

@@ -48,6 +48,9 @@ def options_used(profile: Profile) -> list[tuple[str, str]]:
     return [BASIC_CODE, *used]
 
 
+TEMPORAL_STATES = ("REMOVED", "UNMODIFIED", "MODIFIED")
+
+
 def temporal_state(profile: Profile) -> str:
     if profile.retain_long_full_dates:
         return "UNMODIFIED"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import DeidError
 from .keys import new_uid
 from .profile import Profile
 from .rules import safe_private
@@ -15,6 +16,10 @@ DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 MAX_DEPTH = 64
 PATIENT_ID, ISSUER, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
+
+
+def name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def shifting_dates(profile: Profile) -> bool:
@@ -29,9 +34,7 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     """
     if action == "X":
         return DROP
-    if vr == "SQ":
-        if action == "U":
-            return DROP
+    if vr == "SQ":  # U is a required reference sequence (X/Z/U*): kept, its UIDs replaced by theirs
         if action == "Z":
             return EMPTY
         return WALK_DUMMY if dummy_text or action in "DC" else WALK
@@ -48,7 +51,11 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     if action == "U":  # a UID attribute stored under another VR: nothing safe to keep
         return DROP
     if action == "M" or (action == "C" and vr in DATE_VRS and shifting):
-        return SHIFT if vr in DATE_VRS else KEEP  # times are kept; only dates move
+        if vr in DATE_VRS:
+            return SHIFT
+        # Times are kept; only dates move. A date stored under any other VR (FD, UL, ...) cannot be
+        # shifted and must not be kept as it is.
+        return KEEP if vr == "TM" else DUMMY
     if action == "C" and vr in BULK_VRS:
         return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
     return DUMMY
@@ -105,6 +112,8 @@ class UidMapper:
         new = []
         for uid in (v.strip(" \0") for v in value.split("\\")):
             if uid:
+                if not uid.isascii():
+                    raise DeidError("malformed", f"a UID of {name(tag)} holds bytes outside ASCII")
                 if uid not in self.uid_map:
                     self.uid_map[uid] = new_uid(self.key, uid)
                     self.uid_attributes[uid] = tag

@@ -8,6 +8,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 
 from .errors import DeidError
+from .structure import check_file
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Groups a file without the DICM preamble may start with: command, file meta, identifying.
@@ -28,6 +29,7 @@ def parse(data: bytes) -> Dataset:
         raise DeidError("empty", "the object has zero bytes")
     if not looks_like_dicom(data):
         raise DeidError("not-dicom", "neither a DICM preamble nor a plausible first element")
+    check_file(data)  # one strict reading of the structure first, so pydicom cannot read another
     try:
         ds = dcmread(BytesIO(data), force=True)
     except RecursionError as exc:

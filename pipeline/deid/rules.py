@@ -10,6 +10,7 @@ from importlib import resources
 from pydicom.datadict import dictionary_has_tag, get_entry, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
+from . import iods
 from .profile import Profile
 
 # The option column each profile flag switches on (retain_private_tags has none: it is ours).
@@ -27,6 +28,15 @@ OPTION_COLUMNS = {
 }
 # Most conservative first: when several options override one attribute, the earliest wins.
 PRECEDENCE = "XZDCMUK"
+# A compound code's choice by the attribute's type in the IOD (PS3.15 E.1-1: "X unless Z, D or U is
+# required to maintain IOD conformance"): the first of these letters the code offers. Type 1 and
+# 1C (when present) need a value, Type 2 and 2C presence; a required reference sequence (X/Z/U*)
+# is kept with its UIDs replaced, and so is any reference sequence of an object whose Referenced
+# Series Sequence lists what it references ("R"). Type 3, or an attribute where its IOD does not
+# define it, takes the code's first letter, as does an object whose SOP class the tables do not
+# know. X alone on an attribute the IOD requires reads as X/Z/D (sequences excepted, see
+# scripts/generate_iod_types.py), so that outputs stay valid; an empty or dummy value says nothing.
+BY_TYPE = {"1": "DUZ", "1C": "DUZ", "2": "UZD", "2C": "UZD", "R": "U"}
 
 CURVE, OVERLAY_DATA, OVERLAY_COMMENTS, PRIVATE = (
     "(50xx,xxxx)", "(60xx,3000)", "(60xx,4000)", "(gggg,eeee) where gggg is odd")
@@ -57,6 +67,11 @@ def table() -> dict[str, dict[str, str]]:
 @cache
 def _tag_rows() -> dict[int, dict[str, str]]:
     return {int(m[1] + m[2], 16): row for key, row in table().items() if (m := _SINGLE.match(key))}
+
+
+def listed_tags() -> tuple[int, ...]:
+    """The single attributes Table E.1-1 lists (not the repeating or private groups)."""
+    return tuple(_tag_rows())
 
 
 @cache
@@ -92,20 +107,38 @@ def _row_for(tag: int) -> dict[str, str] | None:
     return _tag_rows().get(tag)
 
 
-def resolve_row(row: dict[str, str], profile: Profile) -> str:
-    """Apply the profile's option columns to one table row; compound codes take their first code."""
+@cache
+def typed_tags() -> frozenset[int]:
+    """Tags whose action can depend on where they occur: typed in some IOD, or reference sequences."""
+    return iods.typed_tags() | reference_tags()
+
+
+@cache
+def reference_tags() -> frozenset[int]:
+    """Reference sequences, whose basic code is X/Z/U*."""
+    return frozenset(tag for tag, row in _tag_rows().items() if row["basic"].endswith("U*"))
+
+
+def choose(code: str, kind: str | None) -> str:
+    """One action from a table code: a compound code by the attribute's type, see BY_TYPE."""
+    offered = ("X/Z/D" if code == "X" else code).replace("*", "").split("/")
+    return next((c for c in BY_TYPE.get(kind, "") if c in offered), offered[0])
+
+
+def resolve_row(row: dict[str, str], profile: Profile, kind: str | None = None) -> str:
+    """Apply the profile's option columns to one table row, for an attribute of type `kind`."""
     columns = [col for flag, col in OPTION_COLUMNS.items() if getattr(profile, flag)]
     if profile.retain_long_full_dates and "rtn_long_modif_dates" in columns:
         columns.remove("rtn_long_modif_dates")
     overrides = [
-        "M" if col == "rtn_long_modif_dates" and row[col] == "C" else row[col][0]
+        "M" if col == "rtn_long_modif_dates" and row[col] == "C" else choose(row[col], kind)
         for col in columns if row[col]
     ]
     if row["tag"] == PRIVATE and profile.retain_private_tags:
         overrides.append("K")
     if overrides:
         return min(overrides, key=PRECEDENCE.index)
-    return row["basic"][0]
+    return choose(row["basic"], kind)
 
 
 def is_known_public(tag: int) -> bool:
@@ -131,6 +164,29 @@ def resolved_action(tag: int, profile: Profile) -> str:
     return "K"
 
 
-def action_for(tag: int | tuple[int, int] | str | BaseTag, profile: Profile | None = None) -> str:
-    """The resolved action code (one of D Z X K C U M) for an attribute under a profile."""
-    return resolved_action(int(to_tag(tag)), profile or Profile())
+@lru_cache(maxsize=4096)
+def _typed_action(tag: int, profile: Profile, kind: str | None) -> str:
+    return resolve_row(_tag_rows()[tag], profile, kind)
+
+
+def action_at(tag: int, profile: Profile, iod: iods.Iod | None, path: tuple[int, ...]) -> str:
+    """The action for a tag where it occurs: a compound code follows its type in the object's IOD."""
+    if iod is None or tag not in typed_tags():
+        return resolved_action(tag, profile)
+    if iod.references and tag in reference_tags():
+        return _typed_action(tag, profile, "R")
+    return _typed_action(tag, profile, iods.attribute_type(iod, tag, path))
+
+
+Name = int | tuple[int, int] | str | BaseTag
+
+
+def action_for(tag: Name, profile: Profile | None = None, sop_class: str | None = None,
+               path: tuple[Name, ...] = ()) -> str:
+    """The resolved action code (one of D Z X K C U M) for an attribute under a profile.
+
+    With the object's SOP Class UID, and the sequences above the attribute (outermost first),
+    compound codes resolve by the attribute's type there; without them, to their first code.
+    """
+    return action_at(int(to_tag(tag)), profile or Profile(), iods.iod_for(sop_class),
+                     tuple(int(to_tag(t)) for t in path))

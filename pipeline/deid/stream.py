@@ -1,13 +1,14 @@
 """De-identify a DICOM file's bytes without building pydicom objects: the engine's fast path.
 
 It walks element headers in the byte string, copies what is kept as it is, and encodes only what
-it replaces. Anything unusual (no preamble, big endian, deflate, broken or out-of-order elements,
-DICOMDIR, missing SOP UIDs) goes to the pydicom walker, which decides or refuses with the reason.
+it replaces. Broken structure is refused here (`malformed`); well-formed files it does not take
+(no preamble, big endian, deflate, DICOMDIR, missing SOP UIDs) go to the pydicom walker, after the
+same strict structure check (`parse`), which decides or refuses with the reason.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from struct import pack, unpack_from
 from typing import NamedTuple
 
@@ -19,8 +20,10 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from .engine import DICOMDIR_SOP_CLASS, deidentify
+from .engine import deidentify
 from .errors import DeidError
+from .guard import Guard
+from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
@@ -35,6 +38,7 @@ from .operations import (
     WALK_DUMMY,
     PrivateBlocks,
     UidMapper,
+    name,
     operation,
     orphaned_overlay_groups,
     patient_identity,
@@ -42,19 +46,30 @@ from .operations import (
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import resolved_action
-from .values import TEXT_VRS, concrete_vr, dummy, shift
+from .rules import action_at, typed_tags
+from .structure import (
+    DICOMDIR_SOP_CLASS,
+    ITEM,
+    ITEM_END,
+    LONG_VRS,
+    MEDIA_SOP_CLASS,
+    PIXEL_DATA,
+    SEQUENCE_END,
+    TRANSFER_SYNTAX,
+    UNDEFINED,
+    Reader,
+    conformance,
+    contradiction,
+    looks_explicit,
+    malformed,
+)
+from .values import SPACE_PADDED, concrete_vr, dummy, shift
 
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END, PIXEL_DATA = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD, 0x7FE00010
 DIRECTORY_RECORDS = 0x00041220
-TRANSFER_SYNTAX, MEDIA_SOP_CLASS = 0x00020010, 0x00020002
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
-SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN",
-                       "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
-SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}
+PIXEL_GROUP = 0x7FE0  # pixel data is never read as elements, so never searched
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
+SOP_CLASS = 0x00080016
 
 
 # Top-level values of the output that callers name and index files by, so they need not parse it.
@@ -82,13 +97,18 @@ def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | Non
     """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError)."""
     key = resolve_secret(secret)
     try:
-        return _Stream(data, profile, key).file()
-    except (_Unsupported, UnicodeError):
-        result = deidentify(parse(data), profile, secret=key)
-        return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
-                          header_of(result.dataset))
+        try:
+            return _Stream(data, profile, key).file()
+        except (_Unsupported, UnicodeError):
+            result = deidentify(parse(data), profile, secret=key)
+            return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
+                              header_of(result.dataset))
+    except DeidError:
+        raise
     except RecursionError as exc:
         raise DeidError("too-deep", "sequences nested too deeply to process") from exc
+    except Exception as exc:  # only DeidError leaves the engine
+        raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
 
 
 def header_of(ds: Dataset) -> dict[str, str | int | None]:
@@ -114,12 +134,20 @@ def _int(text: str) -> int | None:
 
 @cache
 def _actions(profile: Profile) -> dict[int, str]:
-    """Resolved actions by tag, filled as tags are met and kept for every later file."""
+    """Resolved actions by tag, filled as tags are met and kept for every later file.
+
+    Tags with compound codes are not kept here: their action depends on the object's IOD and the
+    sequence path, and `rules.action_at` caches it by the attribute's type there.
+    """
     return {}
 
 
-@cache
 def _dictionary_vr(tag: int) -> str:
+    return "UN" if tag >> 16 & 1 else _public_vr(tag)
+
+
+@lru_cache(maxsize=8192)
+def _public_vr(tag: int) -> str:
     try:
         return concrete_vr(dictionary_VR(tag))
     except KeyError:
@@ -167,16 +195,18 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
     return tuple(encoded)
 
 
-class _Stream:
+class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
     def __init__(self, data: bytes, profile: Profile, key: bytes) -> None:
-        self.data, self.view, self.profile, self.key = data, memoryview(data), profile, key
+        super().__init__(data)
+        self.view, self.profile, self.key = memoryview(data), profile, key
         self.uids = UidMapper(key)
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
+        self.guard = Guard(profile, searches_output=True)
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -185,13 +215,18 @@ class _Stream:
                 or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
             raise _Unsupported
         self.body, self.implicit = pos, syntax.is_implicit_VR
-        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False)
+        if pos < len(self.data) and looks_explicit(self.data, pos) == self.implicit:
+            raise _Unsupported  # encoded otherwise than its transfer syntax says: pydicom re-encodes
+        top = self._top_values((SOP_CLASS, REFERENCED_SERIES))
+        self.iod = iod_for(top.get(SOP_CLASS, b"").decode("latin-1"), REFERENCED_SERIES in top)
+        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False, ())
         header = self._header()
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
+        self.guard.check(b"\0".join(c for t, c in chunks if t >> 16 != PIXEL_GROUP))
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
@@ -207,7 +242,7 @@ class _Stream:
             if keyword in ("Rows", "Columns"):
                 values[keyword] = unpack_from("<H", raw)[0] if len(raw) >= 2 else None
             else:
-                text = decode_bytes(raw, convert_encodings([c.strip() for c in charset]), set())
+                text = decode_bytes(raw, convert_encodings([c.strip(" \0") for c in charset]), set())
                 values[keyword] = text.strip(" \0") if keyword != "NumberOfFrames" else _int(text)
         return values
 
@@ -216,90 +251,118 @@ class _Stream:
         if data[128:132] != b"DICM":
             raise _Unsupported
         meta, pos = {}, 132
+        if not looks_explicit(data, pos):
+            raise _Unsupported  # file meta in implicit VR: pydicom reads it so, after the same check
         while pos + 8 <= len(data) and unpack_from("<H", data, pos)[0] == 0x0002:
-            tag, vr, start, end = self._read_header(pos, False, len(data))
+            tag, vr, start, end = self.read_header(pos, False, len(data))
             if end is None:
-                raise _Unsupported
+                raise malformed(pos, f"file meta element {name(tag)} of undefined length")
             meta[tag] = data[start:end]
             pos = end
         return meta, pos
 
-    def _read_header(self, pos: int, implicit: bool, limit: int) -> tuple[int, str | None, int, int | None]:
-        """(tag, explicit VR, value start, value end or None when undefined) of one element."""
-        if pos + 8 > limit:
-            raise _Unsupported
-        group, element = unpack_from("<HH", self.data, pos)
-        tag = group << 16 | element
-        if implicit or group == 0xFFFE:
-            vr, length, start = None, unpack_from("<I", self.data, pos + 4)[0], pos + 8
-        else:
-            vr = self.data[pos + 4:pos + 6].decode("latin-1")
-            if vr in LONG_VRS:
-                length, start = unpack_from("<I", self.data, pos + 8)[0], pos + 12
-            elif vr in SHORT_VRS:
-                length, start = unpack_from("<H", self.data, pos + 6)[0], pos + 8
-            else:
-                raise _Unsupported
-        if length == UNDEFINED:
-            return tag, vr, start, None
-        if start + length > limit:
-            raise _Unsupported
-        return tag, vr, start, start + length
+    def dataset(self, pos: int, limit: int, implicit: bool, depth: int, dummy_text: bool,
+                path: tuple[int, ...]) -> tuple[list[tuple[int, bytes]], int]:
+        """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None.
 
-    def dataset(self, pos: int, limit: int, implicit: bool, depth: int,
-                dummy_text: bool) -> tuple[list[tuple[int, bytes]], int]:
-        """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None."""
+        `path` holds the tags of the sequences above it, outermost first.
+        """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
         end = len(self.data) if limit is None else limit
+        if (pos < end and not implicit and not looks_explicit(self.data, pos)
+                and self.data[pos:pos + 4] != b"\xfe\xff\x0d\xe0"):  # not an empty item's delimiter
+            raise _Unsupported  # implicit VR items in an explicit VR file: pydicom reads them so
         chunks: list[tuple[int, bytes]] = []
-        source_tags: list[int] = []
+        overlay_tags: list[int] = []
+        span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
         last = -1
         while pos < end:
-            tag, vr, start, stop = self._read_header(pos, implicit, end)
+            if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
+                break
+            tag, vr, start, stop = self.read_header(pos, implicit, end)
             if tag == ITEM_END and limit is None:
                 pos = start
                 break
-            if tag >> 16 in (0x0002, 0xFFFE) or tag <= last or (depth == 0 and tag == DIRECTORY_RECORDS):
-                raise _Unsupported
+            if self.stray(pos, tag, stop, depth):
+                pos = stop
+                continue
+            if tag <= last or tag >> 16 == 0xFFFE:
+                self.order(pos, tag, last)
+            if depth == 0 and tag == DIRECTORY_RECORDS:
+                raise _Unsupported  # a DICOMDIR: the pydicom walker refuses it with its reason
             last = tag
-            source_tags.append(tag)
-            known = vr if vr not in (None, "UN") else _dictionary_vr(tag)
+            if tag >> 16 & 0xFF01 == 0x6000:
+                overlay_tags.append(tag)
+            if vr is None or vr == "UN":
+                known = _dictionary_vr(tag)
+            elif problem := contradiction(tag, vr):
+                raise malformed(pos, problem)
+            else:
+                known = vr
             if stop is None and tag != PIXEL_DATA:
+                self.undefined(pos, tag, vr)
                 known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
-                    pos = self._skip(start, stop, implicit or vr == "UN", depth)
+                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
+                    pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
                 action, text = "K", False
             else:
-                action = self.actions.get(tag) or self.actions.setdefault(
-                    tag, resolved_action(tag, self.profile))
+                action = self.actions.get(tag) or self._action(tag, path)
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            chunk, pos = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth)
+            chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
+            if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             if chunk is not None:
-                chunks.append((tag, chunk))
-            if depth == 0 and tag in HEADER and chunk is not None:
-                self.top[tag] = self._value(chunk, implicit)
+                if depth == 0 and tag in HEADER:
+                    self.top[tag] = self._value(chunk, implicit)
+                verbatim = isinstance(chunk, memoryview)
+                if verbatim and span_end == pos and chunks[-1][0] >> 16 == tag >> 16 and self._runs(tag):
+                    chunks[-1] = (chunks[-1][0], self.view[span_start:after])  # one chunk per run
+                else:
+                    chunks.append((tag, chunk))
+                    span_start = pos
+                span_end = after if verbatim else -1
+            pos = after
         else:
             if limit is None:
-                raise _Unsupported  # an item without its delimiter
+                raise malformed(pos, "an item of undefined length without its delimiter")
         dropped = set(private.orphaned())
-        groups = orphaned_overlay_groups(source_tags, [t for t, _ in chunks])
+        groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
 
+    def _action(self, tag: int, path: tuple[int, ...]) -> str:
+        action = action_at(tag, self.profile, self.iod, path)
+        if tag not in typed_tags():
+            self.actions[tag] = action
+        return action
+
+    def _runs(self, tag: int) -> bool:
+        """Whether kept elements of this group may share one chunk: not where chunks are later
+        dropped or replaced by tag (overlays, safe private blocks, the groups of the markers)."""
+        group = tag >> 16
+        return not (group in (0x0012, 0x0028) or group & 0xFF01 == 0x6000
+                    or (group & 1 and self.profile.retain_safe_private))
+
     def _apply(self, op: str, tag: int, vr: str | None, known: str, pos: int, start: int,
-               stop: int | None, implicit: bool, depth: int) -> tuple[bytes | None, int]:
+               stop: int | None, implicit: bool, depth: int,
+               path: tuple[int, ...]) -> tuple[bytes | None, int]:
         """One element's output bytes (or None) and where the next element starts."""
         if known == "SQ" and op not in (DROP, EMPTY):
             inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
-            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY)
+            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY, path + (tag,))
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
             return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
-        after = self._skip(start, stop, implicit or vr == "UN", depth)
+        after = self.past(known, start, stop, implicit or vr == "UN", depth)
         if op == KEEP:
+            if stop is not None and (problem := conformance(tag, known, self.view[start:stop])):
+                if problem[0]:
+                    raise malformed(pos, f"{name(tag)}: {problem[1]}")
+                return None, after
             if stop is not None and (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
                 pad = b" " if known in SPACE_PADDED else b"\0"
                 head = _header(tag, vr or known, stop - start + 1, implicit)
@@ -321,47 +384,24 @@ class _Stream:
         raise AssertionError(op)
 
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
-               dummy_text: bool) -> tuple[bytes, int]:
+               dummy_text: bool, path: tuple[int, ...]) -> tuple[bytes, int]:
         """A sequence's items walked and re-encoded with undefined lengths."""
         out, pos = [], start
         end = len(self.data) if stop is None else stop
         while pos < end:
-            tag, _, item_start, item_stop = self._read_header(pos, True, end)
+            tag, _, item_start, item_stop = self.read_header(pos, True, end)
             if tag == SEQUENCE_END and stop is None:
                 return b"".join(out), item_start
             if tag != ITEM:
-                raise _Unsupported
-            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text)
-            if item_stop is not None:
-                pos = item_stop
+                raise malformed(pos, f"{name(tag)} where a sequence item or its delimiter must be")
+            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text, path)
+            if pos > end:
+                raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
             out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
                     pack("<HHI", 0xFFFE, 0xE00D, 0)]
         if stop is None:
-            raise _Unsupported  # a sequence without its delimiter
+            raise malformed(pos, "a sequence of undefined length without its delimiter")
         return b"".join(out), stop
-
-    def _skip(self, start: int, stop: int | None, implicit: bool, depth: int) -> int:
-        """Where an element ends; an undefined length is followed through its items."""
-        if stop is not None:
-            return stop
-        pos = start
-        while True:
-            tag, _, item_start, item_stop = self._read_header(pos, True, len(self.data))
-            if tag == SEQUENCE_END:
-                return item_start
-            if tag != ITEM:
-                raise _Unsupported
-            pos = item_stop if item_stop is not None else self._skip_item(item_start, implicit, depth + 1)
-
-    def _skip_item(self, pos: int, implicit: bool, depth: int) -> int:
-        """Where an item of undefined length ends, read from headers alone."""
-        if depth > MAX_DEPTH:
-            raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
-        while True:
-            tag, vr, start, stop = self._read_header(pos, implicit, len(self.data))
-            if tag == ITEM_END:
-                return start
-            pos = self._skip(start, stop, implicit or vr == "UN", depth)
 
     def _value(self, chunk: bytes, implicit: bool) -> bytes:
         offset = 8 if implicit or bytes(chunk[4:6]).decode("latin-1") not in LONG_VRS else 12
@@ -375,13 +415,13 @@ class _Stream:
         return self.shift_days
 
     def _top_values(self, wanted: tuple[int, ...]) -> dict[int, bytes]:
-        """Raw values of a few top-level elements, read from headers alone."""
+        """Raw values of a few top-level elements (b"" for undefined lengths), read from headers alone."""
         found, pos, end = {}, self.body, len(self.data)
         while pos < end:
-            tag, _, start, stop = self._read_header(pos, self.implicit, end)
+            tag, _, start, stop = self.read_header(pos, self.implicit, end)
             if tag > max(wanted):
                 break
-            if tag in wanted and stop is not None:
-                found[tag] = self.data[start:stop].rstrip(b" \0")
-            pos = self._skip(start, stop, self.implicit, 0)
+            if tag in wanted:
+                found[tag] = self.data[start:stop].rstrip(b" \0") if stop is not None else b""
+            pos = self.skip(start, stop, self.implicit, 0)
         return found

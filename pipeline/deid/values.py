@@ -11,6 +11,7 @@ TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"
 # Free text that, when it sits inside a sequence replaced by a dummy, is assumed to identify.
 FREE_TEXT_VRS = TEXT_VRS - {"CS"}
 DATE_VRS = frozenset({"DA", "DT"})
+SPACE_PADDED = TEXT_VRS | {"AS", "DA", "DS", "DT", "IS", "TM"}  # odd lengths padded with a space
 _DUMMIES: dict[str, Any] = {
     "AS": "000D", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
     "DS": "0", "IS": "0", "FL": 0.0, "FD": 0.0, "AT": 0,
@@ -66,3 +67,55 @@ def shift(vr: str, value: str, days: int) -> str:
     """Shift every value of a multi-valued DA or DT string."""
     one = shift_date if vr == "DA" else shift_datetime
     return "\\".join(one(v.strip(), days) for v in value.split("\\"))
+
+
+
+# PS3.5 6.2: the characters each string VR may hold (default repertoire), and one value's length.
+_REPERTOIRE = {
+    "AE": (bytes(range(0x20, 0x7F)), 16), "AS": (b"0123456789DWMY", 4),
+    "CS": (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _", 16), "DA": (b"0123456789.- ", 18),
+    "DS": (b"0123456789+-.Ee ", 16), "DT": (b"0123456789.+- ", 54), "IS": (b"0123456789+- ", 12),
+    "TM": (b"0123456789.:- ", 28), "UI": (b"0123456789. ", 64),
+}
+_AGE = re.compile(rb"(?:\d{3}[DWMY])?(?:\\(?:\d{3}[DWMY])?)*")
+# Control bytes no charset's text holds, save ESC (ISO 2022) and CR LF FF TAB in long text.
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f]")
+_LONG_TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_TEXT = {**dict.fromkeys(("LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS),
+         **dict.fromkeys(("LT", "ST", "UT"), _LONG_TEXT_CONTROLS)}
+_SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
+          "SV": 8, "UL": 4, "US": 2, "UV": 8}
+
+
+def nonconforming(vr: str, raw: bytes | memoryview, most: int | None = None) -> tuple[bool, str] | None:
+    """Why a kept value is invalid for its VR (PS3.5 6.2), and whether that breaks the structure.
+
+    Headers swallowed into a value (a length enlarged, a VR flipped) show as control bytes in text
+    or as a size no multiple of a binary VR's unit: (True, why), and the object is refused, as it
+    is for a UID that is no UID. Other faults, a value too long or outside its repertoire, or more
+    binary values than the attribute's multiplicity `most` allows, give (False, why): the value is
+    removed. None: it conforms. `why` never quotes the value.
+    """
+    size = _SIZES.get(vr)
+    if size:
+        if len(raw) % size:
+            return True, f"{len(raw)} bytes is no multiple of {vr}'s {size}"
+        if most is not None and vr[0] != "O" and len(raw) > most * size:  # OB..OV: one value
+            return False, f"{len(raw) // size} values where at most {most} may be"
+        return None
+    controls = _TEXT.get(vr)
+    if controls is None:
+        return None
+    text = bytes(raw).rstrip(b"\0 ")
+    repertoire = _REPERTOIRE.get(vr)
+    if repertoire is not None and not text.translate(None, repertoire[0] + b"\\"):  # bytes at C speed
+        longest = len(text) if len(text) <= repertoire[1] else max(map(len, text.split(b"\\")))
+        if longest <= repertoire[1] and (vr != "AS" or _AGE.fullmatch(text)):
+            return None
+        return vr == "UI", f"a {vr} value longer than {repertoire[1]} bytes or malformed"
+    found = controls.search(text)
+    if found is not None:
+        return True, f"control byte 0x{text[found.start()]:02x} in a {vr} value"
+    if repertoire is not None:  # a bad UID is no UID: refused; other values are removed
+        return vr == "UI", f"a {vr} value outside its VR's repertoire"
+    return None

@@ -1,0 +1,217 @@
+"""The output guard: an object whose output still holds an identifying value of its input is refused.
+
+Each walker notes, element by element, the raw value of everything it removes or replaces (the
+values to search for) and of everything it keeps. The output is the kept values plus what the
+engine writes itself (headers, dummies, new UIDs, shifted dates, markers), so before it is returned
+one Aho-Corasick pass searches the kept values for all removed ones at once, case-insensitively. A
+hit that a short kept public text value explains (it holds the value on purpose) is no leak; any
+other refuses the object with reason `leak-guard`, naming the attribute, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from struct import pack
+
+import ahocorasick
+from pydicom.charset import encode_string
+from pydicom.datadict import dictionary_VR
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
+
+from .errors import DeidError
+from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATES
+from .operations import KEEP, WALK, WALK_DUMMY
+from .profile import Profile
+from .rules import listed_tags, resolved_action
+from .values import _DUMMIES, DUMMY_TEXT
+
+# Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
+# read as text. Code strings, ages and numbers are generic; binary values are not text.
+SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT", "UN"})
+# Kept public (or safe private) short values of these VRs explain a hit: the output holds them on
+# purpose. Free text, names, untyped and binary values never do: that is where a copied name or a
+# swallowed element hides, and a hit there explaining itself would hide it.
+EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "CS", "DS", "IS"}
+UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
+MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
+MIN_HIDDEN = 12  # an element header and a short value: anything shorter hides nothing
+MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
+MAX_EXPLAINING = 4096  # longer kept values are data (contours, lists), not a name said on purpose
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pixels, never read as elements
+_NUMBER_CHARS = b"0123456789+-.eE \\"  # a DS or IS value made only of these holds numbers only
+_CONTROL = bytes([*(b for b in range(32) if b not in (9, 10, 13)), 0x7F])  # not in ASCII text
+_NUMERIC = re.compile(rb"[0-9.+\- ]+")
+# Bytes that continue a word in lowered text: a hit inside a longer word or number is no hit. Bytes
+# above 0x7F do not count: element and item tags (FFFE,E00D) follow values directly.
+_WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
+
+Value = Callable[[], bytes | memoryview]
+# What the engine itself writes into outputs, so a removed value equal to one of them is no leak.
+ENGINE_WORDS = "\0".join([
+    DUMMY_TEXT, *(str(v) for v in _DUMMIES.values() if isinstance(v, str)), *TEMPORAL_STATES, "YES",
+    *(meaning for _, meaning in [BASIC_CODE, *OPTION_CODES.values()]), PRIVATE_KEPT_NOTE, "dicom-deid",
+]).encode()
+
+
+class Guard:
+    """Values one walk read from its input: identifying ones to search for, kept ones that explain."""
+
+    def __init__(self, profile: Profile, searches_output: bool = False) -> None:
+        self.private_explains = profile.retain_safe_private  # Table E.3.10-1 lists safe values only
+        # The byte walker hands `check` its output bytes: no per-element copy of what it keeps.
+        self.searches_output = searches_output
+        self.removed: dict[tuple[str, bytes], int] = {}  # (VR, value) -> the first tag it came from
+        self.explaining: list[bytes | memoryview] = []
+        self.kept: list[bytes | memoryview] = []
+        self.opaque: list[bytes | memoryview] = []  # kept private or binary values: may hide elements
+        self.profile = profile
+
+    def note(self, tag: int, op: str, vr: str, value: Value) -> None:
+        """One element's fate: removed or replaced (searched for), or kept (may explain a hit)."""
+        if op == KEEP:
+            if tag in PIXEL_TAGS:
+                return
+            raw = value()
+            explains = vr in EXPLAINING_VRS and _printable(raw)
+            if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
+                self.explaining.append(raw)
+            if (tag >> 16 & 1 or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
+                self.opaque.append(raw)
+            if not self.searches_output and (vr not in ("DS", "IS")
+                                             or bytes(raw).translate(None, _NUMBER_CHARS)):
+                self.kept.append(raw)
+        elif vr in SEARCHED_VRS and op not in (WALK, WALK_DUMMY) and (vr != "UN" or _untyped_text(value())):
+            self.removed.setdefault((vr, bytes(value())), tag)
+
+    def check(self, output: bytes | None = None) -> None:
+        """Refuse the object when what it keeps (or its `output` bytes) holds a removed value that
+        nothing explains; the engine's own words (dummies, markers) explain themselves."""
+        self._check_hidden_elements()
+        patterns = self._patterns()
+        if not patterns:
+            return
+        automaton = ahocorasick.Automaton()
+        for pattern, tag in patterns.items():
+            automaton.add_word(pattern, (pattern, tag))
+        automaton.make_automaton()
+        explained = {p for p, _ in _hits(automaton, b"\0".join([*self.explaining, ENGINE_WORDS]))}
+        for pattern, tag in _hits(automaton, b"\0".join(self.kept) if output is None else output):
+            if pattern not in explained:
+                raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
+                                              "output; the object is not written")
+
+    def _check_hidden_elements(self) -> None:
+        """A kept opaque value holding the explicit VR header of an element the profile removes has
+        swallowed that element (a length run over what follows): its value was never read, so only
+        its header can tell."""
+        if not self.opaque:
+            return
+        automaton = _removed_headers(self.profile)
+        for _, tag in automaton.iter(b"\0".join(self.opaque).decode("latin-1")):
+            raise DeidError("leak-guard", f"a kept private or binary value holds the header of {Tag(tag)}, "
+                                          "an element the profile removes; the object is not written")
+
+    def _patterns(self) -> dict[str, int]:
+        """Lowered, specific forms of the removed values -> the tag each came from first."""
+        found: dict[str, int] = {}
+        for (vr, raw), tag in self.removed.items():
+            for pattern in _searched_forms(vr, raw):
+                found.setdefault(pattern, tag)
+        return found
+
+
+def _printable(raw: bytes | memoryview) -> bool:
+    """No control bytes: a value holding element headers (a swallowed element) explains nothing."""
+    data = bytes(raw).rstrip(b"\0")
+    return data.translate(None, _CONTROL) == data
+
+
+@lru_cache(maxsize=64)
+def _removed_headers(profile: Profile) -> ahocorasick.Automaton:
+    """Explicit VR little endian headers (tag and dictionary VR) of the attributes Table E.1-1 lists
+    that the profile does not keep as they are."""
+    automaton = ahocorasick.Automaton()
+    for tag in listed_tags():
+        if resolved_action(tag, profile) != "K":
+            try:
+                vr = dictionary_VR(tag).split(" or ")[0]
+            except KeyError:
+                continue
+            header = pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+            automaton.add_word(header.decode("latin-1"), tag)
+    automaton.make_automaton()
+    return automaton
+
+
+def _untyped_text(raw: bytes | memoryview) -> bool:
+    """Whether a value of unknown VR reads as text: short printable ASCII (binary passes as Latin-1)."""
+    if len(raw) > MAX_UNTYPED:
+        return False
+    data = bytes(raw).rstrip(b"\0")
+    return bool(data) and data.isascii() and data.translate(None, _CONTROL) == data
+
+
+@lru_cache(maxsize=65536)
+def _searched_forms(vr: str, raw: bytes) -> tuple[str, ...]:
+    """The specific forms of one value, lowered; a study's objects repeat their values, so kept."""
+    return tuple(dict.fromkeys(f.lower().decode("latin-1") for f in _forms(vr, raw) if _specific(f)))
+
+
+def _forms(vr: str, raw: bytes) -> list[bytes]:
+    """The value as a whole, each of its values, and for names each component and common orders."""
+    raw = raw.strip(b" \0")
+    values = [raw] if vr in UNSPLIT_VRS else [v.strip(b" \0") for v in raw.split(b"\\")]
+    forms = list(values)
+    if vr == "PN":
+        for value in values:
+            for group in value.split(b"="):
+                parts = [p.strip() for p in group.split(b"^")]
+                forms += [group.rstrip(b"^ "), b"^".join(p for p in parts if p), *parts]
+                if len(parts) > 1 and parts[0] and parts[1]:
+                    family, given = parts[0], parts[1]
+                    forms += [given + b" " + family, family + b" " + given, family + b", " + given,
+                              family + b"," + given, given + b"^" + family]
+    return forms
+
+
+def _specific(form: bytes) -> bool:
+    """Long and varied enough that finding it means something; short numbers and codes do not."""
+    if len(form) < MIN_TEXT or len(form) < MIN_NUMBER and _NUMERIC.fullmatch(form):
+        return False
+    if sum(c.isalnum() for c in form.decode("latin-1")) < MIN_DISTINCT:  # "50 %", "--/--" say nothing
+        return False
+    return len(set(form.lower())) >= MIN_DISTINCT
+
+
+def _hits(automaton: ahocorasick.Automaton, haystack: bytes):
+    """(pattern, tag) of each match that is a whole word or value, not part of a longer one."""
+    text = haystack.lower().decode("latin-1")
+    last = len(text) - 1
+    for end, (pattern, tag) in automaton.iter(text):
+        start = end - len(pattern) + 1
+        if (start == 0 or ord(text[start - 1]) not in _WORD) and (end == last or ord(text[end + 1])
+                                                                    not in _WORD):
+            yield pattern, tag
+
+
+def element_value(elem, charset: str | list[str] | None) -> bytes:
+    """A pydicom element's value as the bytes the output holds (raw bytes when it was read raw)."""
+    value = elem.value
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    encodings = [charset] if isinstance(charset, str) and charset else list(charset or ["iso8859"])
+    parts = []
+    for v in value if isinstance(value, list | tuple | MultiValue) else [value]:
+        if isinstance(v, PersonName):
+            parts.append(v.encode(encodings))
+        elif isinstance(v, str):
+            parts.append(encode_string(v, encodings))
+        else:
+            parts.append(v if isinstance(v, bytes) else str(v).encode("latin-1", "replace"))
+    return b"\\".join(parts)
