@@ -6,8 +6,6 @@ import json
 import logging
 import math
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .console import UnitMeter, sigint_deferred, stage
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
@@ -110,9 +109,11 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
     import dask
     from distributed import LocalCluster
 
+    n_workers = n_workers or os.cpu_count() or 1
+    log.info("starting a local Dask cluster of %d workers...", n_workers)
     # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+    with dask.config.set({"distributed.worker.profile.enabled": False}), sigint_deferred():
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                             host="127.0.0.1", env=_secret_env(key))
 
@@ -178,24 +179,41 @@ def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJ
     return min(limit, max(smallest, spread))
 
 
-def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
-            max_unit_bytes: int, store: bool = True) -> pa.Table:
-    """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
-    from .listing import list_objects
-    from .plan import plan
+def scan_listing(listing: pa.Table, storage_options: dict | None, client, progress: bool) -> pa.Table:
+    """Stage 2 with a meter of headers read."""
+    from .console import Meter
     from .scan import scan
 
+    meter = Meter("scan", listing.num_rows) if progress and listing.num_rows else None
+    try:
+        return scan(listing, storage_options, client=client, on_batch=meter and meter.update)
+    finally:
+        if meter:
+            meter.close()
+
+
+def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
+            max_unit_bytes: int, store: bool = True, rules: list | None = None,
+            progress: bool = False) -> pa.Table:
+    """Stages 1-3 (list, scan, plan), each reused when TABLES already holds it."""
+    from .filters import apply_filters
+    from .listing import list_objects
+    from .plan import plan
+
     fs, path = filesystem(tables, storage_options)
-    listing = _stage(fs, f"{path}/listing.parquet",
-                     lambda: list_objects(source, storage_options, client=client), store)
+    with stage(f"listing {source}"):
+        listing = _stage(fs, f"{path}/listing.parquet", lambda: apply_filters(
+            list_objects(source, storage_options, client=client), source, rules, storage_options), store)
     log.info("listed %d objects", listing.num_rows)
-    inventory = _stage(fs, f"{path}/inventory.parquet",
-                       lambda: scan(listing, storage_options, client=client), store)
+    with stage(f"reading the headers of {listing.num_rows} objects"):
+        inventory = _stage(fs, f"{path}/inventory.parquet",
+                           lambda: scan_listing(listing, storage_options, client, progress), store)
     threads = sum(client.nthreads().values())
     unit_objects = unit_size(inventory.num_rows, max_unit_objects, threads)
     unit_bytes = unit_size(pc.sum(inventory["size"]).as_py() or 0, max_unit_bytes, threads, MIN_UNIT_BYTES)
-    planned = _stage(fs, f"{path}/plan.parquet",
-                     lambda: plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes), store)
+    with stage("planning work units by study"):
+        planned = _stage(fs, f"{path}/plan.parquet",
+                         lambda: plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes), store)
     log.info("planned %d units", len(pc.unique(planned["unit_id"])))
     return planned
 
@@ -205,46 +223,31 @@ def _claim(tables: str, identity: dict, storage_options: dict | None) -> None:
     fs, path = filesystem(tables, storage_options)
     job_path = f"{path}/{JOB_NAME}"
     if retry(fs.exists, job_path):
-        if json.loads(retry(fs.cat_file, job_path)) != identity:
-            raise JobError("the tables location holds a different job (other source, DEST, profile or "
-                           "secret); use a new --tables location")
+        recorded = json.loads(retry(fs.cat_file, job_path))
+        if recorded != identity:
+            differ = ", ".join(differences(recorded, identity))
+            raise JobError(f"the tables location holds a different job ({differ} differ); run with the same "
+                           "settings to resume it, or use a new --tables location")
         return
     retry(fs.makedirs, path, exist_ok=True)
     put_bytes(fs, job_path, json.dumps(identity, indent=2, sort_keys=True).encode())
 
 
-class _Bars:
-    """tqdm bars of objects and bytes: finished units plus what running units last reported."""
-
-    def __init__(self, objects: int, nbytes: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.objects = tqdm(total=objects, unit="obj", desc="objects", position=0)
-        self.bytes = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ",
-                          position=1)
-        self.lock = threading.Lock()
-        self.finished: set[str] = set()
-        self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
-
-    def _show(self, unit_id: str, objects: int, nbytes: int) -> None:
-        before = self.shown.get(unit_id, (0, 0))
-        self.shown[unit_id] = (objects, nbytes)
-        self.objects.update(objects - before[0])
-        self.bytes.update(nbytes - before[1])
-
-    def partial(self, report: dict) -> None:
-        with self.lock:
-            if report["unit_id"] not in self.finished:
-                self._show(report["unit_id"], report["objects"], report["source_bytes"])
-
-    def __call__(self, stats: dict) -> None:
-        with self.lock:
-            self.finished.add(stats["unit_id"])
-            self._show(stats["unit_id"], stats["objects"], stats["source_bytes"])
-
-    def close(self) -> None:
-        self.objects.close()
-        self.bytes.close()
+def differences(recorded: dict, asked: dict) -> list[str]:
+    """The settings, by flag name, in which two job identities differ; the secret only as a name."""
+    found = []
+    for name in sorted(set(recorded) | set(asked)):
+        was, now = recorded.get(name), asked.get(name)
+        if was == now:
+            continue
+        if name == "profile":
+            found += ["--" + f.replace("_", "-") for f in sorted(set(was or {}) | set(now or {}))
+                      if (was or {}).get(f) != (now or {}).get(f)]
+        elif name == "secret_fingerprint":
+            found.append("secret")
+        else:
+            found.append(f"{name} (was {was}, now {now})")
+    return found
 
 
 def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
@@ -254,13 +257,11 @@ def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
 
 
 def _dry_run(source: str, dest: str, tables: str, planned: pa.Table, done: set[str]) -> RunResult:
+    from .dryrun import describe_plan
+
     units = pc.unique(planned["unit_id"])
     todo = _remaining(planned, done)
-    unreadable = pc.sum(pc.is_valid(planned["error"])).as_py() or 0
-    report = (f"dry run: {planned.num_rows} objects ({pc.sum(planned['size']).as_py() or 0} bytes) in "
-              f"{len(units)} units; {len(units) - len(pc.unique(todo['unit_id']))} units already committed; "
-              f"{todo.num_rows} objects would be processed; {unreadable} headers did not parse "
-              f"(they will be re-read and quarantined if still unreadable)")
+    report = describe_plan(planned, todo)
     return RunResult(source, dest, tables, objects=planned.num_rows, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
@@ -275,8 +276,10 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         secret: str | bytes | None = None, storage_options: dict | None = None, dry_run: bool = False,
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
-        dashboard_address: str = LOCAL_DASHBOARD, **profile_flags: bool) -> RunResult:
-    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`."""
+        dashboard_address: str = LOCAL_DASHBOARD, rules: list[tuple[str, str]] | None = None,
+        **profile_flags: bool) -> RunResult:
+    """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`;
+    `rules` are ("include" | "exclude", glob) pairs on paths relative to `source`, later ones winning."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
     from .workers import check_workers
@@ -292,20 +295,23 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     check_locations(source, dest, tables, storage_options)
     key = None if dry_run else resolve_key(secret)
     with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
-        if progress:
-            print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
+        log.info("Dask dashboard: %s", active.dashboard_link)
         if not dry_run:
-            _claim(tables, {"source": source, "dest": dest, "profile": asdict(profile),
-                            "secret_fingerprint": fingerprint(key)}, storage_options)
+            identity = {"source": source, "dest": dest, "profile": asdict(profile),
+                        "secret_fingerprint": fingerprint(key)}
+            if rules:  # only then, so jobs recorded before filters existed still resume
+                identity["filters"] = [list(rule) for rule in rules]
+            _claim(tables, identity, storage_options)
         check_workers(active, key and fingerprint(key))
         planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
-                          max_unit_bytes=max_unit_bytes, store=not dry_run)
+                          max_unit_bytes=max_unit_bytes, store=not dry_run, rules=rules, progress=progress)
         done = committed_units(tables, storage_options)
         if dry_run:
             return _dry_run(source, dest, tables, planned, done)
         settings = Settings(dest, tables, profile, fingerprint(key), storage_options)
         todo = _remaining(planned, done)
-        bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
+        show = progress and todo.num_rows
+        bars = UnitMeter(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if show else None
         callbacks = [c for c in (bars, on_unit) if c]
 
         def unit_finished(stats: dict) -> None:
@@ -319,17 +325,20 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
             if bars:
                 bars.close()
     summary = read_summary(tables, storage_options)
-    report = "nothing new to do: every unit was already committed\n"
-    if outcome.units_run or outcome.failed_units or not _complete(summary, outcome.units_total):
+    fresh = bool(outcome.units_run or outcome.failed_units or not _complete(summary, outcome.units_total))
+    report = ("nothing new: every unit was committed by an earlier run, so this run processed no object.\n"
+              "totals of the job so far:\n")
+    if fresh:
         report = ""
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
                      **{k: getattr(outcome, k) for k in ("units_total", "units_run", "units_skipped",
                                                          "failed_units", "objects", "source_bytes")}}
-        summary = finalize(tables, dest, storage_options, run=run_facts)
+        with stage("writing the manifest, quarantine and index tables"):
+            summary = finalize(tables, dest, storage_options, run=run_facts)
     return RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
         output_bytes=summary["output_bytes"], units_total=outcome.units_total, units_run=outcome.units_run,
         units_skipped=outcome.units_skipped, failed_units=tuple(outcome.failed_units),
         elapsed=time.perf_counter() - started, quarantine_reasons=summary["quarantine_reasons"],
-        max_error_rate=max_error_rate, report=report + describe(summary))
+        max_error_rate=max_error_rate, report=report + describe(summary, this_run=fresh))

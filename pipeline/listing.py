@@ -24,6 +24,10 @@ LISTING_SCHEMA = pa.schema([
     pa.field("size", pa.int64()),  # null only when a listing file gives no sizes
 ])
 
+class ListingError(ValueError):
+    """A listing file or inventory manifest that cannot be read as one: a user's mistake, one line."""
+
+
 LISTING_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # Split a prefix until it has this many sub-prefixes (or MAX_SPLIT_DEPTH levels) before listing them.
 SPLIT_TARGET = 64
@@ -141,12 +145,15 @@ def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Ta
 def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Table:
     """A CSV/Parquet of `url[,size]`, or S3 Inventory style `bucket,key[,size]`."""
     fs, path = filesystem(source, storage_options)
-    with fs.open(path, "rb", compression="infer") as f:
-        table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
-    return _urls_and_sizes(table)
+    try:
+        with fs.open(path, "rb", compression="infer") as f:
+            table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
+    except pa.ArrowInvalid as exc:
+        raise ListingError(f"cannot read the listing file {source}: {str(exc).splitlines()[0]}") from exc
+    return _urls_and_sizes(table, source)
 
 
-def _urls_and_sizes(table: pa.Table) -> pa.Table:
+def _urls_and_sizes(table: pa.Table, source: str) -> pa.Table:
     """Listing rows from a table with `url` or `bucket` and `key` columns, and perhaps `size`."""
     names = set(table.column_names)
     if "url" in names:
@@ -155,7 +162,8 @@ def _urls_and_sizes(table: pa.Table) -> pa.Table:
         urls = pc.binary_join_element_wise("s3://", table["bucket"].cast(pa.string()), "/",
                                            table["key"].cast(pa.string()), "")
     else:
-        raise ValueError("a listing file needs a 'url' column or 'bucket' and 'key' columns")
+        raise ListingError(f"the listing file {source} needs a 'url' column or 'bucket' and 'key' columns, "
+                           f"not {', '.join(sorted(names)) or 'none'}")
     sizes = table["size"].cast(pa.int64()) if "size" in names else pa.nulls(len(table), pa.int64())
     listed = pa.table({"url": urls, "size": sizes})
     listed = listed.filter(pc.and_(pc.is_valid(listed["url"]), pc.invert(pc.ends_with(listed["url"], "/"))))
@@ -184,7 +192,8 @@ def _read_inventory_manifest(source: str, storage_options: dict | str | None) ->
     manifest = json.loads(retry(fs.cat_file, path))
     file_format = manifest["fileFormat"].upper()
     if file_format not in ("CSV", "PARQUET"):
-        raise ValueError(f"S3 Inventory format {manifest['fileFormat']} is not supported; use CSV or Parquet")
+        raise ListingError(f"S3 Inventory format {manifest['fileFormat']} is not supported: use CSV or "
+                           "Parquet")
     bucket = manifest["destinationBucket"].rsplit(":", 1)[-1]  # arn:aws:s3:::name
     columns = [name.strip().lower() for name in manifest.get("fileSchema", "").split(",")]
     urls = [f"s3://{bucket}/{entry['key']}" for entry in manifest["files"]]
@@ -209,7 +218,7 @@ def list_objects(source: str, storage_options: dict | str | None = None, client=
     """Every object under SOURCE (fsspec URL, local path, CSV/Parquet listing file, or an S3 Inventory
     manifest.json), sorted by url, each url once."""
     if source.endswith("manifest.json"):
-        table = _urls_and_sizes(_read_inventory_manifest(source, storage_options))
+        table = _urls_and_sizes(_read_inventory_manifest(source, storage_options), source)
     elif _is_listing_file(source, storage_options):
         table = _read_listing_file(source, storage_options)
     else:

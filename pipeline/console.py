@@ -1,0 +1,152 @@
+"""What a person sees while a job runs: bars on a terminal, plain timed log lines in a pipe or a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("pipeline")
+
+LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi")
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as a person reads it: 1.5 GiB, not 1610612736."""
+    for prefix in _PREFIXES:
+        if abs(n) < 1024 or prefix == _PREFIXES[-1]:
+            return f"{n:.0f} B" if not prefix else f"{n:.1f} {prefix}B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def is_terminal() -> bool:
+    """Whether stderr is a terminal, where bars redraw in place; elsewhere they would fill a log with \\r."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def setup_logging(level: int) -> None:
+    """The project's log lines on stderr, one per event; they carry counts and URLs, never header values."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+class Meter:
+    """Objects and bytes done of a total: tqdm bars on a terminal, a log line every few seconds elsewhere."""
+
+    def __init__(self, desc: str, objects: int, nbytes: int | None = None, every: float = LOG_EVERY) -> None:
+        self.desc, self.total, self.total_bytes, self.every = desc, objects, nbytes, every
+        self.done = self.done_bytes = 0
+        self.started = self.logged = time.monotonic()
+        self.lock = threading.Lock()
+        self.bars = self._bars() if is_terminal() else ()
+
+    def _bars(self) -> tuple:
+        from tqdm import tqdm
+
+        bars = [tqdm(total=self.total, unit="obj", desc=f"{self.desc} objects", position=0, leave=True)]
+        if self.total_bytes is not None:
+            bars.append(tqdm(total=self.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=f"{self.desc} bytes  ", position=1, leave=True))
+        return tuple(bars)
+
+    def update(self, objects: int, nbytes: int = 0) -> None:
+        with self.lock:
+            self.done += objects
+            self.done_bytes += nbytes
+            if self.bars:
+                self.bars[0].update(objects)
+                if len(self.bars) > 1:
+                    self.bars[1].update(nbytes)
+            elif time.monotonic() - self.logged >= self.every:
+                self.logged = time.monotonic()
+                log.info("%s", self.line())
+
+    def line(self) -> str:
+        """Where this stage stands, in one line."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        text = f"{self.desc}: {self.done}/{self.total} objects{share}"
+        if self.total_bytes is not None:
+            text += f", {human_bytes(self.done_bytes)} of {human_bytes(self.total_bytes)}"
+            text += f", {human_bytes(self.done_bytes / elapsed)}/s"
+        return text + f", {self.done / elapsed:.1f} objects/s"
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+        if not self.bars:
+            log.info("%s (done in %.1f s)", self.line(), time.monotonic() - self.started)
+
+
+class UnitMeter(Meter):
+    """A run's meter: finished units plus what running units last reported, each unit counted once."""
+
+    def __init__(self, objects: int, nbytes: int) -> None:
+        super().__init__("de-identify", objects, nbytes)
+        self.finished: set[str] = set()
+        self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
+
+    def _show(self, unit_id: str, objects: int, nbytes: int) -> None:
+        before = self.shown.get(unit_id, (0, 0))
+        self.shown[unit_id] = (objects, nbytes)
+        self.update(objects - before[0], nbytes - before[1])
+
+    def partial(self, report: dict) -> None:
+        if report["unit_id"] not in self.finished:
+            self._show(report["unit_id"], report["objects"], report["source_bytes"])
+
+    def __call__(self, stats: dict) -> None:
+        self.finished.add(stats["unit_id"])
+        self._show(stats["unit_id"], stats["objects"], stats["source_bytes"])
+
+
+@contextmanager
+def stage(doing: str) -> Iterator[None]:
+    """Say what is starting now, so no stage is a blank screen, and how long it took."""
+    started = time.monotonic()
+    log.info("%s...", doing)
+    yield
+    log.debug("%s took %.1f s", doing, time.monotonic() - started)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Block Ctrl-C while worker processes start, so they inherit it blocked and only this process
+    (which then closes them) handles it; a Ctrl-C meanwhile arrives as soon as they are up."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def quiet_interrupts(message: str) -> None:
+    """On the first Ctrl-C print `message` once and silence shutdown noise (clusters closing, threads
+    cancelled); a second Ctrl-C leaves at once."""
+
+    def interrupted(signum, frame) -> None:
+        if getattr(interrupted, "seen", False):
+            os._exit(130)
+        interrupted.seen = True  # type: ignore[attr-defined]
+        print(message, file=sys.stderr, flush=True)
+        logging.disable(logging.CRITICAL)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
