@@ -70,7 +70,7 @@ class Meter:
                 self.bars[0].update(objects)
                 if len(self.bars) > 1:
                     self.bars[1].update(nbytes)
-            elif time.monotonic() - self.logged >= self.every:
+            elif time.monotonic() - self.logged >= self.every and self.done < self.total:  # close() says 100%
                 self.logged = time.monotonic()
                 log.info("%s", self.line())
 
@@ -122,18 +122,11 @@ def stage(doing: str) -> Iterator[None]:
     log.debug("%s took %.1f s", doing, time.monotonic() - started)
 
 
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Block Ctrl-C while worker processes start, so they inherit it blocked and only this process
-    (which then closes them) handles it; a Ctrl-C meanwhile arrives as soon as they are up."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+def dask_setup(worker) -> None:
+    """Dask preload hook for a local cluster's worker processes: a Ctrl-C at the terminal reaches them too,
+    but only the driver should handle it (by closing them); otherwise each prints a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def quiet_interrupts(message: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .console import UnitMeter, sigint_deferred, stage
+from .console import UnitMeter, stage
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
@@ -112,7 +112,9 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
     n_workers = n_workers or os.cpu_count() or 1
     log.info("starting a local Dask cluster of %d workers...", n_workers)
     # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
-    with dask.config.set({"distributed.worker.profile.enabled": False}), sigint_deferred():
+    # The preload makes worker processes leave Ctrl-C to this process (see console.dask_setup).
+    with dask.config.set({"distributed.worker.profile.enabled": False,
+                          "distributed.worker.preload": ["pipeline.console"]}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                             host="127.0.0.1", env=_secret_env(key))
