@@ -392,15 +392,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicom-deid` console script."""
-    from .console import quiet_interrupts, setup_logging
+    from .console import logging_to_stderr, quiet_interrupts
 
     args = _parse(argv)
-    setup_logging(getattr(logging, args.log_level))
     command = {"run": _run, "scan": _scan, "status": _status}[args.command]
     before = signal.getsignal(signal.SIGINT)
     quiet_interrupts(RESUME_HINT)
     try:
-        return command(args)
+        with logging_to_stderr(getattr(logging, args.log_level)):
+            return command(args)
     except _user_errors() as exc:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -34,13 +34,44 @@ def is_terminal() -> bool:
         return False
 
 
-def setup_logging(level: int) -> None:
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is now (a test's capture, or /dev/null after Ctrl-C)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not is_terminal():
+            super().emit(record)
+            return
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)  # above the bars, which are then redrawn
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def logging_to_stderr(level: int) -> Iterator[None]:
     """The project's log lines on stderr, one per event; they carry counts and URLs, never header values."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    log.handlers[:] = [handler]
+    before = log.level, log.propagate
+    log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
 
 
 class Meter:
@@ -142,4 +173,5 @@ def quiet_interrupts(message: str) -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupted)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupted)
