@@ -352,7 +352,7 @@ def _scan(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no objects at {args.source}")
 
     def listed(client) -> pa.Table:
-        with stage(f"listing {source}"):
+        with stage("listing SOURCE"):
             return apply_filters(list_objects(source, options, client=client), source, args.rules, options)
 
     # A local source is listed here anyway: list it before the cluster, so a bad listing file fails fast.

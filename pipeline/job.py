@@ -203,7 +203,7 @@ def prepare(source: str, tables: str, client, storage_options: dict | None, *, m
     from .plan import plan
 
     fs, path = filesystem(tables, storage_options)
-    with stage(f"listing {source}"):
+    with stage("listing SOURCE"):
         listing = _stage(fs, f"{path}/listing.parquet", lambda: apply_filters(
             list_objects(source, storage_options, client=client), source, rules, storage_options), store)
     log.info("listed %d objects", listing.num_rows)

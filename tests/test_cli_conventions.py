@@ -118,6 +118,7 @@ def test_a_run_in_a_pipe_logs_plain_stages_and_progress_without_patient_data(arc
         assert stage in err, err
     assert "\r" not in err and "\x1b[" not in err
     assert PATIENT_ID not in err and PATIENT_NAME not in err and SECRET.decode() not in err
+    assert str(archive / "src") not in err  # a folder name may itself identify a patient
 
 
 def test_quiet_and_verbose(archive, capsys, dask_client):
