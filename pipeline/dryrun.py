@@ -25,17 +25,18 @@ def _by_modality(todo: pa.Table) -> list[str]:
 
 def _largest_studies(todo: pa.Table) -> list[str]:
     """The biggest studies by bytes, named by position only: a Study Instance UID is patient data."""
-    studies = pa.table({"study": pc.fill_null(todo["study_uid"], ""), "size": pc.fill_null(todo["size"], 0)})
+    todo = todo.filter(pc.is_valid(todo["study_uid"]))  # objects without one are no study
+    studies = pa.table({"study": todo["study_uid"], "size": pc.fill_null(todo["size"], 0)})
     rows = studies.group_by("study").aggregate([("size", "count"), ("size", "sum")])
     rows = rows.sort_by([("size_sum", "descending")]).slice(0, LARGEST)
-    return [f"  {human_bytes(b):>10} in {n} objects" for n, b in
+    return [f"  {human_bytes(b):>10} in {n} object{'s' * (n != 1)}" for n, b in
             zip(rows["size_count"].to_pylist(), rows["size_sum"].to_pylist(), strict=True)]
 
 
 def describe_plan(planned: pa.Table, todo: pa.Table) -> str:
     """The whole plan, what is left of it, and where the bytes are."""
     units, units_left = len(pc.unique(planned["unit_id"])), len(pc.unique(todo["unit_id"]))
-    studies = len(pc.unique(pc.fill_null(planned["study_uid"], "")))
+    studies = len(pc.unique(planned["study_uid"].drop_null()))
     unreadable = pc.sum(pc.is_valid(todo["error"])).as_py() or 0
     lines = [f"dry run: {planned.num_rows} objects ({human_bytes(_bytes(planned))}) in {studies} studies, "
              f"{units} work units",

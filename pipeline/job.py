@@ -247,8 +247,10 @@ def differences(recorded: dict, asked: dict) -> list[str]:
                       if (was or {}).get(f) != (now or {}).get(f)]
         elif name == "secret_fingerprint":
             found.append("secret")
+        elif name == "filters":
+            found.append("--include/--exclude")
         else:
-            found.append(f"{name} (was {was}, now {now})")
+            found.append(f"{name.upper()} (was {was}, now {now})")
     return found
 
 
