@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     command = {"run": _run, "scan": _scan, "status": _status}[args.command]
     before = signal.getsignal(signal.SIGINT)
-    quiet_interrupts(RESUME_HINT)
+    say_interrupted = quiet_interrupts(RESUME_HINT)
     try:
         with logging_to_stderr(getattr(logging, args.log_level)):
             return command(args)
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        say_interrupted()
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, before)

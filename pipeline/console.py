@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("pipeline")
@@ -160,18 +160,24 @@ def dask_setup(worker) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def quiet_interrupts(message: str) -> None:
-    """On the first Ctrl-C print `message` once and silence shutdown noise (clusters closing, threads
-    cancelled); a second Ctrl-C leaves at once."""
+def quiet_interrupts(message: str) -> Callable[[], None]:
+    """Make the first Ctrl-C silence shutdown noise (clusters closing, threads cancelled) and raise
+    KeyboardInterrupt; a second one leaves at once. The returned function prints `message` to the
+    real stderr, once cleanup (and any bar's last redraw) is done."""
+    terminal = sys.stderr
+
+    def say() -> None:
+        print(message, file=terminal, flush=True)
 
     def interrupted(signum, frame) -> None:
         if getattr(interrupted, "seen", False):
+            say()
             os._exit(130)
         interrupted.seen = True  # type: ignore[attr-defined]
-        print(message, file=sys.stderr, flush=True)
         logging.disable(logging.CRITICAL)
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupted)
+    return say
