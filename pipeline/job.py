@@ -306,7 +306,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
             if rules:  # only then, so jobs recorded before filters existed still resume
                 identity["filters"] = [list(rule) for rule in rules]
             _claim(tables, identity, storage_options)
-        check_workers(active, key and fingerprint(key))
+        with stage("checking that every worker holds the job's secret"):
+            check_workers(active, key and fingerprint(key))
         planned = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
                           max_unit_bytes=max_unit_bytes, store=not dry_run, rules=rules, progress=progress)
         done = committed_units(tables, storage_options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import pty
 import select
@@ -20,6 +21,7 @@ import pytest
 from samples import PATIENT_ID, PATIENT_NAME, SECRET, study_objects, write_tree
 
 from pipeline.cli import DEMO_TABLES, PROFILE_HELP, RESUME_HINT, main
+from pipeline.console import Meter, logging_to_stderr
 from pipeline.deid import FLAGS
 from pipeline.deid.keys import SECRET_ENV
 from pipeline.filters import selected
@@ -119,6 +121,19 @@ def test_a_run_in_a_pipe_logs_plain_stages_and_progress_without_patient_data(arc
     assert "\r" not in err and "\x1b[" not in err
     assert PATIENT_ID not in err and PATIENT_NAME not in err and SECRET.decode() not in err
     assert str(archive / "src") not in err  # a folder name may itself identify a patient
+
+
+def test_off_a_terminal_a_meter_logs_periodic_plain_lines(capsys):
+    with logging_to_stderr(logging.INFO):
+        meter = Meter("scan", 4, 4096, every=0)
+        for _ in range(3):
+            meter.update(1, 1024)
+        meter.update(1, 1024)
+        meter.close()
+    lines = capsys.readouterr().err.splitlines()
+    for n, line in zip((1, 2, 3), lines, strict=False):
+        assert f"INFO scan: {n}/4 objects ({n * 25}%), {n}.0 KiB of 4.0 KiB, " in line and "objects/s" in line
+    assert len(lines) == 4 and "scan: 4/4 objects (100%)" in lines[3] and "done in" in lines[3]
 
 
 def test_quiet_and_verbose(archive, capsys, dask_client):
