@@ -185,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as one JSON object")
     for sub in (run, scan, status):
         sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
+        sub.add_argument("--config", metavar="TOML", help="settings from a file (SOURCE, DEST, tables, "
+                         "[profile], storage_options without credentials, scheduler, limits); flags win")
         _output_options(sub)
     for sub in (run, scan):
         _cluster_options(sub)
@@ -379,9 +381,29 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Defaults from `--config FILE` for the subcommand named in argv, so that flags still win."""
+    from .config import ConfigError, load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    found = argparse.ArgumentParser(add_help=False)
+    found.add_argument("--config")
+    path = found.parse_known_args(argv)[0].config
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((a for a in argv if a in commands.choices), None)
+    if not path or command is None:
+        return
+    sub = commands.choices[command]
+    try:
+        sub.set_defaults(**load_config(path, {a.dest for a in sub._actions} - {"help", "config"}))
+    except ConfigError as exc:
+        sub.error(str(exc))
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """Arguments, with a stray flag reported by the subcommand it was given to, with that one's usage."""
     parser = _parser()
+    _with_config(parser, argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -273,3 +273,28 @@ def test_on_a_terminal_progress_is_drawn_as_bars(archive, dask_client):
     assert code == 0, seen
     assert "\r" in seen and "de-identify objects: 100%" in seen and "obj/s" in seen
     assert "listing" in seen and "planning work units" in seen
+
+
+def test_a_config_file_gives_the_job_and_flags_win(archive, capsys, dask_client):
+    config = archive / "job.toml"
+    config.write_text(f'source = "{archive / "src"}"\ndest = "{archive / "dest"}"\n'
+                      f'tables = "{archive / "tables"}"\nmax_unit_objects = 3\n'
+                      "[profile]\nretain_uids = true\n")
+    base = ["run", "--config", str(config), "--secret-file", str(archive / "secret"), "-q",
+            "--scheduler", dask_client.scheduler.address]
+    assert main([*base, "--dry-run"]) == 0
+    assert "dry run: 6 objects" in capsys.readouterr().out
+    assert main([*base, "--max-unit-objects", "1000"]) == 0
+    job = json.loads((archive / "tables" / "job.json").read_text())
+    assert job["profile"]["retain_uids"] is True and job["source"] == str(archive / "src")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("bogus = 1\n", "unknown setting(s) bogus"),
+    ('[storage_options]\nkey = "AKIA"\n', "hold credentials (key)"),
+    ("source = \n", "is not valid TOML"),
+])
+def test_a_config_file_mistake_is_one_line(tmp_path, capsys, text, expected):
+    (tmp_path / "job.toml").write_text(text)
+    assert _exit(["run", "--config", str(tmp_path / "job.toml")]) == 2
+    assert expected in _one_line(capsys.readouterr().err)
