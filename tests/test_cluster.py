@@ -141,7 +141,7 @@ def test_send_secret_over_tls_and_never_over_tcp(archive, remote, embedded, tmp_
         with dask.config.set(config):  # no flags: the TLS files come from the Dask configuration
             code = main(["run", str(archive / "src"), str(tmp_path / "dry" / "dest"), "--tables",
                          str(tmp_path / "dry" / "tables"), "--scheduler", processes.address, "--dry-run"])
-        assert code == 0 and "13 objects would be processed" in capsys.readouterr().out
+        assert code == 0 and "would process 13 objects" in capsys.readouterr().out
     assert _dicom(tmp_path / "tls-run" / "dest") == embedded
 
 

@@ -66,7 +66,7 @@ def test_a_rerun_processes_only_new_and_changed_objects(tmp_path, dask_client):
 
     dry = _run(src, out, dask_client, dry_run=True)
     assert "3 new, 1 changed, 7 unchanged, 1 gone" in dry.report
-    assert "4 objects would be processed" in dry.report
+    assert "would process 4 objects" in dry.report
     second = _run(src, out, dask_client)
 
     assert first.ok and second.ok and first.written == 9
@@ -178,7 +178,7 @@ def test_an_empty_source_ends_with_zero_objects(tmp_path, dask_client):
     result = _run(tmp_path / "src", tmp_path / "out", dask_client)
     assert result.ok and result.objects == 0 and "objects: 0" in result.report
     dry = _run(tmp_path / "src", tmp_path / "out", dask_client, dry_run=True)
-    assert "0 objects would be processed" in dry.report
+    assert "would process 0 objects" in dry.report
 
 
 def test_empty_source_from_the_command_line(tmp_path):
