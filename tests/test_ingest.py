@@ -94,7 +94,7 @@ def test_a_rerun_processes_only_new_and_changed_objects(tmp_path, dask_client):
     assert planned.num_rows == 4 + 1 + 11  # planned rows, then the gone one, then the whole listing
 
     third = _run(src, out, dask_client)
-    assert "nothing new to do" in third.report and third.units_run == 0
+    assert "nothing new: every unit was committed" in third.report and third.units_run == 0
     assert "0 new, 0 changed, 11 unchanged, 0 gone" in third.report
 
 
@@ -169,7 +169,7 @@ def test_s3_rerun_sees_new_objects_and_a_changed_etag(s3_server, s3_bucket, dask
 
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DICOM_DEID_SECRET": SECRET.decode(), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "--no-progress"],
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "-q"],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -200,8 +200,7 @@ def test_a_bad_listing_file_is_one_line_and_writes_nothing(tmp_path, dask_client
     monkeypatch.setenv("DICOM_DEID_SECRET", SECRET.decode())
     listing = tmp_path / "listing.csv"
     listing.write_text(content)
-    code = main(["run", str(listing), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables"),
-                 "--no-progress"])
+    code = main(["run", str(listing), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "tables").exists() and not (tmp_path / "dest").exists()
