@@ -255,7 +255,8 @@ def _cluster_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
     group.add_argument("--tls-key", metavar="PEM", help="this client's private key")
     group.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                       help="the local cluster's dashboard (default: this machine only, any free port)")
+                       help="the local cluster's dashboard (default: %(default)s, this machine only, any "
+                            "free port)")
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
@@ -343,9 +344,9 @@ def _run(args: argparse.Namespace) -> int:
     from . import job
 
     demo = args.source is None
+    shard = job.parse_shard(args.shard) if args.shard else None
     secret = _locations_and_secret(args)
     flags = {name: True for name in FLAGS if getattr(args, name)}
-    shard = job.parse_shard(args.shard) if args.shard else None
     if shard and args.scheduler:
         raise UsageError("--shard runs its share on its own embedded cluster: leave out --scheduler")
     with _client(args) as client:
