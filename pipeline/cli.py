@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 from contextlib import nullcontext
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .deid import FLAGS
@@ -18,7 +21,33 @@ from .secret import SECRET_FILE_ENV
 DEMO_ROOT = Path("dicom-deid-output")
 DEMO_DEST = DEMO_ROOT / "deidentified"
 DEMO_TABLES = DEMO_ROOT / "private-tables"
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+RESUME_HINT = ("dicom-deid: interrupted; run the same command again to resume (committed units are kept, "
+               "the rest is redone)")
+PROFILE_HELP = {
+    "retain_uids": "Retain UIDs Option: keep Study, Series and SOP Instance UIDs instead of new ones",
+    "retain_device_identity": "Retain Device Identity Option: keep device serial numbers, station names",
+    "retain_patient_characteristics": "Retain Patient Characteristics Option: keep age, sex, size, weight",
+    "retain_institution_identity": "Retain Institution Identity Option: keep institution names, addresses",
+    "retain_long_full_dates": "Retain Longitudinal Temporal Information, Full Dates: keep dates and times",
+    "retain_long_modified_dates": "Retain Longitudinal Temporal Information, Modified Dates: shift every "
+                                  "date by a per-patient offset",
+    "clean_descriptions": "Clean Descriptors Option: keep descriptions, with identifying text replaced",
+    "clean_structured_content": "Clean Structured Content Option: keep SR content, identifying values "
+                                "replaced",
+    "clean_graphics": "Clean Graphics Option: keep graphic annotations, identifying text replaced",
+    "retain_private_tags": "keep every private attribute (not a PS3.15 option: unsafe unless reviewed)",
+    "retain_safe_private": "Retain Safe Private Option: keep only the private attributes of Table "
+                           "E.3.10-1",
+}
+USAGES = {
+    "run": "dicom-deid run [SOURCE DEST --tables TABLES] [options]",
+    "scan": "dicom-deid scan SOURCE --out INVENTORY.parquet [options]",
+    "status": "dicom-deid status TABLES [--json] [options]",
+    "finalize": "dicom-deid finalize --tables TABLES [options]",
+    "verify": "dicom-deid verify DEST --tables TABLES [--source SOURCE] [options]",
+    "export-maps": "dicom-deid export-maps --tables TABLES --out DIR [options]",
+}
 
 
 class UsageError(Exception):
@@ -61,56 +90,161 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicom-deid", description="De-identify DICOM archives at scale.")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, in words a person reads ("off", not "False")."""
 
-    run = commands.add_parser("run", help="de-identify SOURCE into DEST (no arguments: a demo on "
-                                          "pydicom's test files)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in text:
+            return text
+        if action.default is False:
+            return f"{text} (default: off)"
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Mistakes in one line that names the subcommand and its usage, exit code 2."""
+
+    def error(self, message: str):
+        usage = USAGES.get(self.prog.split()[-1], self.prog + " COMMAND [options]")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (usage: {usage}; see {self.prog} --help)\n")
+
+
+def _fraction(text: str) -> float:
+    """A fraction from 0 to 1, so that `5` (meant as 5%) is refused rather than meaning 500%."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (write 0.05 for 5%)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+class _Filter(argparse.Action):
+    """--include and --exclude into one ordered list of rules, as the AWS CLI reads them."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        rules = list(getattr(namespace, self.dest) or [])
+        namespace.__setattr__(self.dest, [*rules, (option_string.lstrip("-"), value)])
+
+
+def _version() -> str:
+    try:
+        return version("dicom-deid")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dicom-deid", description="De-identify DICOM archives at scale.",
+                     formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"dicom-deid {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+
+    run = commands.add_parser("run", usage=USAGES["run"], formatter_class=_Help,
+                              help="de-identify SOURCE into DEST (no arguments: a demo on pydicom's "
+                                   "test files)")
     run.add_argument("source", nargs="?", help="fsspec URL or path, or a CSV/Parquet listing of URLs")
     run.add_argument("dest", nargs="?", help="where de-identified objects and the _index/ Parquet go")
     run.add_argument("--tables", help="private location for linkage tables (never inside DEST)")
-    run.add_argument("--secret-file", type=Path, help=f"file holding the secret (else env {SECRET_ENV})")
-    run.add_argument("--dry-run", action="store_true", help="list, scan and plan; print what would run")
-    run.add_argument("--max-error-rate", type=float, metavar="FRACTION",
-                     help="exit 1 if more than this fraction of objects is quarantined")
-    run.add_argument("--max-unit-objects", type=int, default=1000, metavar="N")
-    run.add_argument("--max-unit-bytes", type=int, default=2**31, metavar="N")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--shard", metavar="I/N", help="run only shard I (0-based) of N, with no scheduler "
-                                                    "(array jobs); then `finalize` once all are done")
-    run.add_argument("--verify", action="store_true", help="verify the result at the end (see: verify)")
-    profile = run.add_argument_group("profile options (PS3.15 Annex E)")
+    run.add_argument("--secret-file", type=Path,
+                     help=f"file holding the secret (default: env {SECRET_ENV} or {SECRET_FILE_ENV})")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list, scan and plan; print the plan and what SOURCE changed since the last run")
+    run.add_argument("--max-error-rate", type=_fraction, metavar="FRACTION",
+                     help="exit 1 if more than this fraction (0 to 1) of objects is quarantined (default: "
+                          "no limit)")
+    run.add_argument("--verify", action="store_true",
+                     help="check the finished run for leaks, losses and inconsistencies (see: verify); "
+                          "exit 1 on any finding")
+    units = run.add_argument_group("work units (a unit is a few whole studies, committed at once)")
+    units.add_argument("--max-unit-objects", type=_positive, default=1000, metavar="N",
+                       help="at most N objects in a unit (smaller jobs get smaller units)")
+    units.add_argument("--max-unit-bytes", type=_positive, default=2**31, metavar="N",
+                       help="at most N source bytes in a unit")
+    units.add_argument("--shard", metavar="I/N",
+                       help="run only shard I (0-based) of N on an embedded cluster, e.g. an array job's "
+                            "index; then `finalize` once all are done (default: the whole job)")
+    _filter_options(run)
+    profile = run.add_argument_group("profile options (PS3.15 Annex E; with none: the Basic Profile)")
     for name in FLAGS:
-        profile.add_argument(_flag(name), dest=name, action="store_true")
+        profile.add_argument(_flag(name), dest=name, action="store_true", help=PROFILE_HELP[name])
 
-    scan = commands.add_parser("scan", help="list and scan SOURCE; write the inventory table")
-    scan.add_argument("source")
-    scan.add_argument("--out", required=True, help="Parquet URL for the inventory")
+    scan = commands.add_parser("scan", usage=USAGES["scan"], formatter_class=_Help,
+                               help="list and scan SOURCE; write the inventory table")
+    scan.add_argument("source", help="fsspec URL or path, or a CSV/Parquet listing of URLs")
+    scan.add_argument("--out", required=True,
+                      help="Parquet URL for the inventory (it holds Patient IDs: a private table)")
+    _filter_options(scan)
 
-    status = commands.add_parser("status", help="what a tables location says about its run")
-    status.add_argument("tables")
-    finalize = commands.add_parser("finalize", help="compact the tables of a sharded run once every shard "
-                                                    "is done (else name the missing shards)")
-    finalize.add_argument("--tables", required=True)
-    verify = commands.add_parser("verify", help="check a finished run for leaks, losses and inconsistencies "
-                                                "(exit 1 on any); report in TABLES/verify/")
-    verify.add_argument("dest")
-    verify.add_argument("--tables", required=True)
-    verify.add_argument("--source", help="where the inputs are now, if not where the run read them")
+    status = commands.add_parser("status", usage=USAGES["status"], formatter_class=_Help,
+                                 help="what a tables location says about its run")
+    status.add_argument("tables", help="the --tables location of a run")
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    finalize = commands.add_parser("finalize", usage=USAGES["finalize"], formatter_class=_Help,
+                                   help="compact the tables of a sharded run once every shard is done "
+                                        "(else name the missing shards)")
+    finalize.add_argument("--tables", required=True, help="the --tables location the shards shared")
+
+    verify = commands.add_parser("verify", usage=USAGES["verify"], formatter_class=_Help,
+                                 help="check a finished run for leaks, losses and inconsistencies (exit 1 on "
+                                      "any); report in TABLES/verify/")
+    verify.add_argument("dest", help="the run's DEST")
+    verify.add_argument("--tables", required=True, help="the run's --tables location")
+    verify.add_argument("--source", help="where the inputs are now (default: where the run read them)")
     verify.add_argument("--validity-limit", type=int, default=100, metavar="N",
                         help="outputs (and their inputs) checked with dciodvfy when installed; 0: none")
 
-    maps = commands.add_parser("export-maps", help="write uid_map.csv and patient_map.csv (id_old,id_new)")
-    maps.add_argument("--tables", required=True)
-    maps.add_argument("--out", required=True, help="folder (local or URL) for the CSV files")
+    maps = commands.add_parser("export-maps", usage=USAGES["export-maps"], formatter_class=_Help,
+                               help="write uid_map.csv and patient_map.csv (id_old,id_new)")
+    maps.add_argument("--tables", required=True, help="the run's --tables location")
+    maps.add_argument("--out", required=True,
+                      help="folder (local or URL) for the CSV files (they link back to patients: private)")
     for sub in (run, scan, status, finalize, verify, maps):
         sub.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. for an S3 endpoint")
+        _output_options(sub)
+    for sub in (run, scan, status):
+        sub.add_argument("--config", metavar="TOML", help="settings from a file (SOURCE, DEST, tables, "
+                         "[profile], storage_options without credentials, scheduler, limits); flags win")
     for sub in (run, scan, verify):
         _cluster_options(sub)
     run.add_argument("--send-secret", action="store_true",
                      help="send the secret to workers (tls:// scheduler only; else they read their own)")
     return parser
+
+
+def _filter_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("filters on SOURCE (globs relative to SOURCE; later ones win; "
+                                   "default: every object)")
+    for name, does in (("include", "keep"), ("exclude", "leave out")):
+        group.add_argument(f"--{name}", dest="rules", action=_Filter, metavar="GLOB",
+                           help=f"{does} objects whose path matches, e.g. '*.txt' ('*' spans folders)")
+
+
+def _output_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("output (logs go to stderr and never hold patient data)")
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="DEBUG",
+                       help="debug log lines too")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING",
+                       help="only warnings and errors; no progress")
+    group.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO",
+                       type=str.upper, help="log threshold")
+    if sub.prog.endswith(("run", "scan")):
+        group.add_argument("--no-progress", action="store_true",
+                           help="no bars or periodic progress lines (stage lines stay)")
 
 
 def _cluster_options(sub: argparse.ArgumentParser) -> None:
@@ -121,7 +255,8 @@ def _cluster_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
     group.add_argument("--tls-key", metavar="PEM", help="this client's private key")
     group.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                       help="the local cluster's dashboard (default: this machine only, any free port)")
+                       help="the local cluster's dashboard (default: %(default)s, this machine only, any "
+                            "free port)")
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
@@ -170,14 +305,16 @@ def _secret_in_environment() -> bool:
 
 
 def _demo_secret() -> bytes | None:
-    """The demo runs with no secret configured: a random one, and earlier demo output is replaced."""
+    """Each demo starts clean in its own folder (so a changed secret is never "a different job"), with
+    the configured secret, else a random one."""
+    for folder in (DEMO_DEST, DEMO_TABLES):
+        if folder.exists():
+            print(f"demo: replacing the earlier demo output in {folder}/", file=sys.stderr)
+            shutil.rmtree(folder)
     if _secret_in_environment():
         return None
     print("demo: no secret configured, using a random one: new UIDs are not reproducible across runs",
           file=sys.stderr)
-    for folder in (DEMO_DEST, DEMO_TABLES):
-        if folder.exists():
-            shutil.rmtree(folder)
     return secrets.token_hex(32).encode()  # text, so the embedded cluster's environment can carry it
 
 
@@ -186,6 +323,9 @@ def _locations_and_secret(args: argparse.Namespace) -> bytes | None:
     if args.source is None:
         import pydicom
 
+        if args.tables or args.secret_file:
+            raise UsageError("--tables and --secret-file need SOURCE and DEST; with no SOURCE, `dicom-deid "
+                             f"run` is a demo that writes to ./{DEMO_ROOT}/")
         args.source = str(Path(pydicom.__file__).parent / "data" / "test_files")
         args.dest, args.tables = str(DEMO_DEST), str(DEMO_TABLES)
         return None if args.dry_run else _demo_secret()
@@ -204,18 +344,16 @@ def _run(args: argparse.Namespace) -> int:
     from . import job
 
     demo = args.source is None
-    secret = _locations_and_secret(args)
-    if args.max_unit_objects < 1 or args.max_unit_bytes < 1:
-        raise UsageError("--max-unit-objects and --max-unit-bytes must be positive")
-    flags = {name: True for name in FLAGS if getattr(args, name)}
     shard = job.parse_shard(args.shard) if args.shard else None
+    secret = _locations_and_secret(args)
+    flags = {name: True for name in FLAGS if getattr(args, name)}
     if shard and args.scheduler:
         raise UsageError("--shard runs its share on its own embedded cluster: leave out --scheduler")
     with _client(args) as client:
         result = job.run(args.source, args.dest, args.tables, client=client, secret=secret,
                          send_secret=args.send_secret, dashboard_address=args.dashboard_address,
                          storage_options=_storage_options(args), dry_run=args.dry_run,
-                         max_error_rate=args.max_error_rate, progress=not args.no_progress,
+                         max_error_rate=args.max_error_rate, progress=_progress(args), rules=args.rules,
                          max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes,
                          shard=shard, verify=args.verify, **flags)
     print(result.report)
@@ -230,24 +368,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and args.log_level in ("DEBUG", "INFO")
+
+
 def _scan(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .job import cluster
+    from .console import stage
+    from .filters import apply_filters
+    from .ingest import scan_listing
+    from .job import absolute, cluster
     from .listing import list_objects
-    from .scan import scan
-    from .storage import filesystem
+    from .storage import filesystem, is_local, retry
     from .tables import write_table
     from .workers import check_workers
 
     options = _storage_options(args)
+    source = absolute(args.source)
+    fs, path = filesystem(source, options)
+    if not retry(fs.exists, path):  # before a cluster starts, which takes seconds
+        raise FileNotFoundError(f"no objects at {args.source}")
+
+    def listed(client) -> pa.Table:
+        with stage("listing SOURCE"):
+            return apply_filters(list_objects(source, options, client=client), source, args.rules, options)
+
+    # A local source is listed here anyway: list it before the cluster, so a bad listing file fails fast.
+    listing = listed(None) if is_local(source) else None
     with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address) as client:
         check_workers(client, None)
-        inventory = scan(list_objects(args.source, options, client=client), options, client=client)
+        listing = listed(client) if listing is None else listing
+        inventory = scan_listing(listing, options, client, _progress(args))
     fs, path = filesystem(args.out, options)
     write_table(fs, path, inventory)
     unparsed = pc.sum(pc.is_valid(inventory["error"])).as_py() or 0
     print(f"scanned {inventory.num_rows} objects ({unparsed} headers did not parse) -> {args.out}")
+    print(f"dicom-deid: warning: {args.out} holds Patient IDs: keep it private, like the linkage tables",
+          file=sys.stderr)
     return 0
 
 
@@ -266,7 +425,8 @@ def _finalize(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .status import describe_status, job_status
 
-    print(describe_status(job_status(args.tables, _storage_options(args))))
+    status = job_status(args.tables, _storage_options(args))
+    print(json.dumps(status, indent=2) if args.json else describe_status(status))
     return 0
 
 
@@ -290,16 +450,57 @@ def _export_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Defaults from `--config FILE` for the subcommand named in argv, so that flags still win."""
+    from .config import ConfigError, load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    found = argparse.ArgumentParser(add_help=False)
+    found.add_argument("--config")
+    path = found.parse_known_args(argv)[0].config
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((a for a in argv if a in commands.choices), None)
+    if not path or command is None:
+        return
+    sub = commands.choices[command]
+    try:
+        sub.set_defaults(**load_config(path, {a.dest for a in sub._actions} - {"help", "config"}))
+    except ConfigError as exc:
+        sub.error(str(exc))
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with a stray flag reported by the subcommand it was given to, with that one's usage."""
+    parser = _parser()
+    _with_config(parser, argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    args.log_level = args.log_level or "INFO"
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dicom-deid` console script."""
-    args = _parser().parse_args(argv)
+    from .console import logging_to_stderr, quiet_interrupts
+
+    args = _parse(argv)
     command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize, "verify": _verify,
                "export-maps": _export_maps}[args.command]
+    before = signal.getsignal(signal.SIGINT)
+    say_interrupted = quiet_interrupts(RESUME_HINT)
     try:
-        return command(args)
+        with logging_to_stderr(getattr(logging, args.log_level)):
+            return command(args)
     except _user_errors() as exc:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        say_interrupted()
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 if __name__ == "__main__":

@@ -177,24 +177,27 @@ def read_summary(tables: str, storage_options: dict | None = None) -> dict | Non
     return json.loads(retry(fs.cat_file, summary)) if retry(fs.exists, summary) else None
 
 
-def describe(summary: dict) -> str:
-    """A few lines for a person: what happened and where it went."""
+def describe(summary: dict, this_run: bool = True) -> str:
+    """A few lines for a person: what happened and where it went; `this_run=False` leaves out the line
+    about the run that wrote the summary, for a later run that did nothing."""
     lines = [
         f"objects: {summary['objects']}  written: {summary['written']}  "
         f"quarantined: {summary['quarantined']}",
-        f"units: {summary['units_done']}/{summary['units_total']} done "
-        f"({summary['units_run']} this run, {summary['units_skipped']} already committed)",
+        f"units: {summary['units_done']}/{summary['units_total']} done",
     ]
+    if this_run:
+        lines[-1] += f" ({summary['units_run']} this run, {summary['units_skipped']} already committed)"
     if summary.get("superseded") or summary.get("last_listing", {}).get("gone"):
         lines.append(f"superseded (processed again after a change): {summary['superseded']}; gone from "
                      f"SOURCE at the last listing: {summary['last_listing']['gone']} "
                      "(their outputs stay in DEST)")
     if summary["failed_units"]:
         lines.append(f"FAILED units (re-run to retry): {len(summary['failed_units'])}")
-    this_run = summary["this_run"]
-    lines.append(f"this run: {this_run['objects']} objects in {this_run['elapsed_seconds']:.1f} s "
-                 f"({this_run['objects_per_second']:.1f} objects/s, "
-                 f"{this_run['megabytes_per_second']:.1f} MB/s)")
+    latest = summary["this_run"]
+    if this_run:
+        lines.append(f"this run: {latest['objects']} objects in {latest['elapsed_seconds']:.1f} s "
+                     f"({latest['objects_per_second']:.1f} objects/s, "
+                     f"{latest['megabytes_per_second']:.1f} MB/s)")
     if summary["quarantine_reasons"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in summary["quarantine_reasons"].items())
         lines.append(f"quarantine reasons: {reasons}")

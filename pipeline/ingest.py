@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .console import Meter, stage
 from .execute import duplicates
+from .filters import apply_filters
 from .job import source_still_there
 from .listing import list_objects
 from .plan import plan
@@ -67,12 +69,25 @@ def _earlier_copies(fs, path: str, runs: list[RunInfo], planned: pa.Table) -> pa
     return pa.array(copies, pa.string())
 
 
+def scan_listing(todo: pa.Table, storage_options: dict | None, client, progress: bool) -> pa.Table:
+    """Stage 2 (reading headers), with a meter of headers read when asked."""
+    meter = Meter("scan", todo.num_rows) if progress and todo.num_rows else None
+    with stage(f"reading the headers of {todo.num_rows} objects"):
+        try:
+            return scan(todo.select(["url", "size"]), storage_options, client=client,
+                        on_batch=meter and meter.update)
+        finally:
+            if meter:
+                meter.close()
+
+
 def _plan_changes(fs, path: str, runs: list[RunInfo], number: int, changes, storage_options, client, *,
-                  unit_objects: int, unit_bytes: int) -> pa.Table:
+                  unit_objects: int, unit_bytes: int, progress: bool) -> pa.Table:
     """Scan and plan the new and changed objects as run `number`."""
     todo = changes.todo
-    inventory = scan(todo.select(["url", "size"]), storage_options, client=client)
-    planned = plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes)
+    inventory = scan_listing(todo, storage_options, client, progress)
+    with stage("planning work units by study"):
+        planned = plan(inventory, max_objects=unit_objects, max_bytes=unit_bytes)
     column = planned.schema.get_field_index("unit_id")
     planned = planned.set_column(column, "unit_id", unit_ids(planned, number))
     planned = planned.join(todo.select(["url", "version", "change"]), keys="url").sort_by("url")
@@ -90,13 +105,16 @@ def _beside_kept(planned: pa.Table) -> pa.Table:
 
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, unit_objects: Callable,
-            unit_bytes: Callable, before_write: Callable[[], None] | None) -> Work:
-    """List SOURCE; when anything is new, changed or gone, plan it as a new run, stored after calling
-    `before_write` (None: a dry run, nothing stored); return the rows of every open run.
-    `unit_objects(n)` and `unit_bytes(b)` size the units."""
+            unit_bytes: Callable, before_write: Callable[[], None] | None, rules: list | None = None,
+            progress: bool = False) -> Work:
+    """List SOURCE, keeping what the --include/--exclude `rules` select; when anything is new, changed or
+    gone, plan it as a new run, stored after calling `before_write` (None: a dry run, nothing stored);
+    return the rows of every open run. `unit_objects(n)` and `unit_bytes(b)` size the units."""
     fs, path = filesystem(tables, storage_options)
     runs = stored_runs(fs, path)
-    listing = list_objects(source, storage_options, client=client)
+    with stage("listing SOURCE"):
+        listing = apply_filters(list_objects(source, storage_options, client=client), source, rules,
+                                storage_options)
     changes = compare(listing, listed(fs, path, runs[-1]) if runs else None)
     log.info("listed %d objects: %s", listing.num_rows, changes.counts)
     created = None
@@ -106,7 +124,7 @@ def prepare(source: str, tables: str, client, storage_options: dict | None, *, u
         sizes = pc.sum(changes.todo["size"]).as_py() or 0
         planned = _plan_changes(fs, path, runs, created, changes, storage_options, client,
                                 unit_objects=unit_objects(changes.todo.num_rows),
-                                unit_bytes=unit_bytes(sizes))
+                                unit_bytes=unit_bytes(sizes), progress=progress)
         source_still_there(source, storage_options)
         if before_write is not None:
             before_write()

@@ -6,8 +6,6 @@ import json
 import logging
 import math
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +15,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .console import UnitMeter, stage
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
-from .report import load_table, progress_bars, result_html, result_text
+from .report import load_table, result_html, result_text
 from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment
 from .storage import filesystem, retry
 from .tables import put_bytes
@@ -147,9 +146,13 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
     import dask
     from distributed import LocalCluster
 
+    n_workers = n_workers or os.cpu_count() or 1
+    log.info("starting a local Dask cluster of %d workers...", n_workers)
     # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        return LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+    # The preload makes worker processes leave Ctrl-C to this process (see console.dask_setup).
+    with dask.config.set({"distributed.worker.profile.enabled": False,
+                          "distributed.worker.preload": ["pipeline.console"]}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                             host="127.0.0.1", env=_secret_env(key))
 
@@ -207,18 +210,20 @@ def unit_size(total: int, limit: int, threads: int, smallest: int = MIN_UNIT_OBJ
 
 def prepare(source: str, tables: str, client, storage_options: dict | None, *, max_unit_objects: int,
             max_unit_bytes: int, before_write: Callable[[], None] | None = lambda: None,
-            threads: int | None = None) -> Work:
-    """Stages 1-3: list SOURCE, then scan and plan only what is new or changed since the last run.
+            threads: int | None = None, rules: list | None = None, progress: bool = False) -> Work:
+    """Stages 1-3: list SOURCE (keeping what `rules` select), then scan and plan only what is new or changed
+    since the last run.
 
     Units are sized for `threads` worker threads (default: the client's), so shards, whose clusters may
     differ, pass a number of their own that every shard computes alike. `before_write` is called before
-    the new run is stored; None stores nothing (a dry run)."""
+    the new run is stored; None stores nothing (a dry run). `progress` shows a meter of headers read."""
     from .ingest import prepare as ingest
 
     threads = threads or sum(client.nthreads().values())
     return ingest(source, tables, client, storage_options, before_write=before_write,
                   unit_objects=lambda n: unit_size(n, max_unit_objects, threads),
-                  unit_bytes=lambda b: unit_size(b, max_unit_bytes, threads, MIN_UNIT_BYTES))
+                  unit_bytes=lambda b: unit_size(b, max_unit_bytes, threads, MIN_UNIT_BYTES),
+                  rules=rules, progress=progress)
 
 
 def _claim(tables: str, identity: dict, storage_options: dict | None) -> Callable[[], None]:
@@ -227,9 +232,11 @@ def _claim(tables: str, identity: dict, storage_options: dict | None) -> Callabl
     fs, path = filesystem(tables, storage_options)
     job_path = f"{path}/{JOB_NAME}"
     if retry(fs.exists, job_path):
-        if json.loads(retry(fs.cat_file, job_path)) != identity:
-            raise JobError("the tables location holds a different job (other source, DEST, profile or "
-                           "secret); use a new --tables location")
+        recorded = json.loads(retry(fs.cat_file, job_path))
+        if recorded != identity:
+            differ = ", ".join(differences(recorded, identity))
+            raise JobError(f"the tables location holds a different job ({differ} differ); run with the same "
+                           "settings to resume it, or use a new --tables location")
         return lambda: None
 
     def record() -> None:
@@ -238,34 +245,23 @@ def _claim(tables: str, identity: dict, storage_options: dict | None) -> Callabl
     return record
 
 
-class _Bars:
-    """tqdm bars of objects and bytes: finished units plus what running units last reported."""
-
-    def __init__(self, objects: int, nbytes: int) -> None:
-        self.objects, self.bytes = progress_bars(objects, nbytes)
-        self.lock = threading.Lock()
-        self.finished: set[str] = set()
-        self.shown: dict[str, tuple[int, int]] = {}  # unit -> (objects, bytes) counted so far
-
-    def _show(self, unit_id: str, objects: int, nbytes: int) -> None:
-        before = self.shown.get(unit_id, (0, 0))
-        self.shown[unit_id] = (objects, nbytes)
-        self.objects.update(objects - before[0])
-        self.bytes.update(nbytes - before[1])
-
-    def partial(self, report: dict) -> None:
-        with self.lock:
-            if report["unit_id"] not in self.finished:
-                self._show(report["unit_id"], report["objects"], report["source_bytes"])
-
-    def __call__(self, stats: dict) -> None:
-        with self.lock:
-            self.finished.add(stats["unit_id"])
-            self._show(stats["unit_id"], stats["objects"], stats["source_bytes"])
-
-    def close(self) -> None:
-        self.objects.close()
-        self.bytes.close()
+def differences(recorded: dict, asked: dict) -> list[str]:
+    """The settings, by flag name, in which two job identities differ; the secret only as a name."""
+    found = []
+    for name in sorted(set(recorded) | set(asked)):
+        was, now = recorded.get(name), asked.get(name)
+        if was == now:
+            continue
+        if name == "profile":
+            found += ["--" + f.replace("_", "-") for f in sorted(set(was or {}) | set(now or {}))
+                      if (was or {}).get(f) != (now or {}).get(f)]
+        elif name == "secret_fingerprint":
+            found.append("secret")
+        elif name == "filters":
+            found.append("--include/--exclude")
+        else:
+            found.append(f"{name.upper()} (was {was}, now {now})")
+    return found
 
 
 def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
@@ -281,15 +277,13 @@ def changes_line(counts: dict) -> str:
 
 
 def _dry_run(source: str, dest: str, tables: str, work: Work, done: set[str]) -> RunResult:
+    from .dryrun import describe_plan
+
     planned = work.pending
     units = pc.unique(planned["unit_id"])
     todo = _remaining(planned, done)
-    unreadable = pc.sum(pc.is_valid(todo["error"])).as_py() or 0
     listed = sum(work.counts[k] for k in ("new", "changed", "unchanged"))
-    report = (f"dry run: {changes_line(work.counts)}\n"
-              f"{todo.num_rows} objects would be processed ({pc.sum(todo['size']).as_py() or 0} bytes) in "
-              f"{len(pc.unique(todo['unit_id']))} units; {unreadable} headers did not parse "
-              f"(they will be re-read and quarantined if still unreadable)")
+    report = describe_plan(planned, todo, changes_line(work.counts))
     return RunResult(source, dest, tables, objects=listed, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
@@ -343,11 +337,12 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
         dashboard_address: str = LOCAL_DASHBOARD, shard: tuple[int, int] | None = None,
-        verify: bool = False, **profile_flags: bool) -> RunResult:
+        verify: bool = False, rules: list[tuple[str, str]] | None = None, **profile_flags: bool) -> RunResult:
     """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
     an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
     units and leave finalizing to `finalize_job` once every shard is done.
-    `verify` checks the finished run as `dicom-deid verify` does; `ok` is then False on any finding."""
+    `verify` checks the finished run as `dicom-deid verify` does; `ok` is then False on any finding.
+    `rules` are ("include" | "exclude", glob) pairs on paths relative to `source`, later ones winning."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
     from .ingest import shard_of
@@ -366,15 +361,17 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     check_locations(source, dest, tables, storage_options)
     key = None if dry_run else resolve_key(secret)
     with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
-        if progress:
-            print(f"Dask dashboard: {active.dashboard_link}", file=sys.stderr)
+        log.info("Dask dashboard: %s", active.dashboard_link)
         identity = {"source": source, "dest": dest, "profile": asdict(profile),
                     "secret_fingerprint": None if dry_run else fingerprint(key)}
+        if rules:  # only then, so jobs recorded before filters existed still resume
+            identity["filters"] = [list(rule) for rule in rules]
         record = None if dry_run else _claim(tables, identity, storage_options)
-        check_workers(active, key and fingerprint(key))
+        with stage("checking that every worker holds the job's secret"):
+            check_workers(active, key and fingerprint(key))
         work = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
                        max_unit_bytes=max_unit_bytes, before_write=record,
-                       threads=SHARD_THREADS * shard[1] if shard else None)
+                       threads=SHARD_THREADS * shard[1] if shard else None, rules=rules, progress=progress)
         done = committed_units(tables, storage_options)
         if dry_run:
             return _dry_run(source, dest, tables, work, done)
@@ -385,7 +382,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
             planned = planned.filter(pc.is_in(planned["unit_id"], value_set=mine))
         settings = Settings(dest, tables, profile, fingerprint(key), storage_options)
         todo = _remaining(planned, done)
-        bars = _Bars(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if progress else None
+        show = progress and todo.num_rows
+        bars = UnitMeter(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if show else None
         unread: list[str] = []  # units of this run that could not read some object
         callbacks = [c for c in (bars, on_unit) if c]
 
@@ -419,14 +417,17 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                          report=f"{changes_line(work.counts)}\n{report}", run_objects=outcome.objects,
                          run_bytes=outcome.source_bytes, storage_options=storage_options)
     summary = read_summary(tables, storage_options)
-    report = "nothing new to do: every unit was already committed\n"
     settled = summary and all(run.closed for run in work.runs) and not outcome.units_run
-    if work.created or outcome.failed_units or not settled:
+    fresh = bool(work.created or outcome.failed_units or not settled)
+    report = ("nothing new: every unit was committed by an earlier run, so this run processed no object.\n"
+              "totals of the job so far:\n")
+    if fresh:
         report = ""
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
                      **{k: getattr(outcome, k) for k in ("units_run", "failed_units", "objects",
                                                          "source_bytes")}}
-        summary = finalize(tables, dest, storage_options, run=run_facts)
+        with stage("writing the manifest, quarantine and index tables"):
+            summary = finalize(tables, dest, storage_options, run=run_facts)
     result = RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
@@ -434,8 +435,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         units_skipped=summary["units_total"] - outcome.units_run - len(outcome.failed_units),
         failed_units=tuple(outcome.failed_units), elapsed=time.perf_counter() - started,
         quarantine_reasons=summary["quarantine_reasons"], max_error_rate=max_error_rate,
-        report=f"{changes_line(work.counts)}\n{report}{describe(summary)}", run_objects=outcome.objects,
-        run_bytes=outcome.source_bytes, storage_options=storage_options)
+        report=f"{changes_line(work.counts)}\n{report}{describe(summary, this_run=fresh)}",
+        run_objects=outcome.objects, run_bytes=outcome.source_bytes, storage_options=storage_options)
     if not verify:
         return result
     from .verify import verify as check

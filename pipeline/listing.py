@@ -36,7 +36,7 @@ LIST_THREADS = 16
 
 
 class ListingError(ValueError):
-    """A listing file or inventory that cannot be read as a list of objects."""
+    """A listing file or inventory manifest that cannot be read as one: a user's mistake, one line."""
 
 
 def _table(urls: list[str], sizes: list[int | None], versions: list[str | None] | None = None) -> pa.Table:
@@ -166,10 +166,10 @@ def _read_listing_file(source: str, storage_options: dict | str | None) -> pa.Ta
             table = pq.read_table(f) if path.endswith((".parquet", ".pq")) else pacsv.read_csv(f)
     except pa.ArrowInvalid as exc:
         raise ListingError(f"cannot read the listing file {source}: {str(exc).splitlines()[0]}") from exc
-    return _urls_and_sizes(table)
+    return _urls_and_sizes(table, source)
 
 
-def _urls_and_sizes(table: pa.Table) -> pa.Table:
+def _urls_and_sizes(table: pa.Table, source: str) -> pa.Table:
     """Listing rows from a table with `url` or `bucket` and `key` columns, and perhaps `size`."""
     names = set(table.column_names)
     if "url" in names:
@@ -178,12 +178,12 @@ def _urls_and_sizes(table: pa.Table) -> pa.Table:
         urls = pc.binary_join_element_wise("s3://", table["bucket"].cast(pa.string()), "/",
                                            table["key"].cast(pa.string()), "")
     else:
-        raise ListingError(f"a listing file needs a 'url' column or 'bucket' and 'key' columns; it has "
-                           f"{', '.join(sorted(names)) or 'none'}")
+        raise ListingError(f"the listing file {source} needs a 'url' column or 'bucket' and 'key' columns, "
+                           f"not {', '.join(sorted(names)) or 'none'}")
     try:
         sizes = table["size"].cast(pa.int64()) if "size" in names else pa.nulls(len(table), pa.int64())
     except pa.ArrowInvalid as exc:
-        raise ListingError("the listing file's 'size' column is not whole numbers") from exc
+        raise ListingError(f"the listing file {source}'s 'size' column is not whole numbers") from exc
     version = next((table[k].cast(pa.string()) for k in VERSION_KEYS if k in names), None)
     listed = pa.table({"url": urls, "size": sizes,
                        "version": version if version is not None else pa.nulls(len(table), pa.string())})
@@ -213,8 +213,8 @@ def _read_inventory_manifest(source: str, storage_options: dict | str | None) ->
     manifest = json.loads(retry(fs.cat_file, path))
     file_format = manifest["fileFormat"].upper()
     if file_format not in ("CSV", "PARQUET"):
-        raise ListingError(f"S3 Inventory format {manifest['fileFormat']} is not supported; "
-                           "use CSV or Parquet")
+        raise ListingError(f"S3 Inventory format {manifest['fileFormat']} is not supported: use CSV or "
+                           "Parquet")
     bucket = manifest["destinationBucket"].rsplit(":", 1)[-1]  # arn:aws:s3:::name
     columns = [name.strip().lower() for name in manifest.get("fileSchema", "").split(",")]
     urls = [f"s3://{bucket}/{entry['key']}" for entry in manifest["files"]]
@@ -239,7 +239,7 @@ def list_objects(source: str, storage_options: dict | str | None = None, client=
     """Every object under SOURCE (fsspec URL, local path, CSV/Parquet listing file, or an S3 Inventory
     manifest.json), sorted by url, each url once."""
     if source.endswith("manifest.json"):
-        table = _urls_and_sizes(_read_inventory_manifest(source, storage_options))
+        table = _urls_and_sizes(_read_inventory_manifest(source, storage_options), source)
     elif _is_listing_file(source, storage_options):
         table = _read_listing_file(source, storage_options)
     else:

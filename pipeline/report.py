@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import html
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -143,47 +142,3 @@ def load_table(result: RunResult, name: str) -> pd.DataFrame:
     # Nullable columns stay integers and strings (<NA>), not floats and objects.
     types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}
     return read_table(fs, path, schema).to_pandas(types_mapper=types.get)
-
-
-class _BytesAfterObjects:
-    """Bytes shown after the objects bar, on its line, where a second line would need cursor escapes."""
-
-    def __init__(self, bar, total: int) -> None:
-        self.bar, self.total, self.n = bar, total, 0
-
-    def update(self, n: int) -> None:
-        self.n += n
-        self.bar.set_postfix_str(f"{human_bytes(self.n)} of {human_bytes(self.total)}", refresh=False)
-
-    def close(self) -> None:
-        """The objects bar closes itself."""
-
-
-def _widget_bar() -> Any | None:
-    """tqdm's widget bar when running in a Jupyter kernel that has ipywidgets, else None."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython else None
-    if getattr(shell, "kernel", None) is None:
-        return None
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return None
-    from tqdm.notebook import tqdm
-
-    return tqdm
-
-
-def progress_bars(objects: int, nbytes: int) -> tuple[Any, Any]:
-    """Objects and bytes bars: widgets in a notebook, two lines on a terminal, else one line, no escapes."""
-    widget = _widget_bar()
-    if widget is not None:
-        return (widget(total=objects, unit="obj", desc="objects"),
-                widget(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes"))
-    from tqdm.std import tqdm
-
-    if sys.stderr.isatty():
-        return (tqdm(total=objects, unit="obj", desc="objects", position=0),
-                tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes  ", position=1))
-    bar = tqdm(total=objects, unit="obj", desc="objects", mininterval=1.0)
-    return bar, _BytesAfterObjects(bar, nbytes)

@@ -6,6 +6,7 @@ import io
 import logging
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -195,19 +196,25 @@ def _batches(listing: pa.Table, client) -> list[pa.Table]:
 
 
 def scan(listing: pa.Table, storage_options: dict | str | None = None, client=None,
-         header_bytes: int = 65536) -> pa.Table:
-    """The inventory: one row per listed object with its identifying header fields, or why it has none."""
+         header_bytes: int = 65536, on_batch: Callable[[int], None] | None = None) -> pa.Table:
+    """The inventory: one row per listed object with its identifying header fields, or why it has none;
+    `on_batch` hears how many objects each finished batch held."""
+    on_batch = on_batch or (lambda n: None)
     batches = _batches(listing, client)
     log.info("scanning %d objects in %d batches", listing.num_rows, len(batches))
     if client is None:
-        parts = [scan_batch(b["url"].to_pylist(), b["size"].to_pylist(), storage_options, header_bytes)
-                 for b in batches]
+        parts = []
+        for b in batches:
+            urls, sizes = b["url"].to_pylist(), b["size"].to_pylist()
+            parts.append(scan_batch(urls, sizes, storage_options, header_bytes))
+            on_batch(b.num_rows)
     else:
-        parts = _scan_on_cluster(client, batches, storage_options, header_bytes)
+        parts = _scan_on_cluster(client, batches, storage_options, header_bytes, on_batch)
     return pa.concat_tables([INVENTORY_SCHEMA.empty_table(), *parts])
 
 
-def _scan_on_cluster(client, batches: list[pa.Table], storage_options, header_bytes: int) -> list[pa.Table]:
+def _scan_on_cluster(client, batches: list[pa.Table], storage_options, header_bytes: int,
+                     on_batch: Callable[[int], None]) -> list[pa.Table]:
     """Keep a bounded window of batches in flight so the scheduler never holds the whole listing."""
     from distributed import as_completed
 
@@ -225,7 +232,9 @@ def _scan_on_cluster(client, batches: list[pa.Table], storage_options, header_by
 
     running = as_completed([submit() for _ in range(min(window, len(todo)))], loop=client.loop)
     for future in running:
-        parts[index_of.pop(future.key)] = future.result()
+        index = index_of.pop(future.key)
+        parts[index] = future.result()
+        on_batch(batches[index].num_rows)
         if todo:
             running.add(submit())
     return [parts[index] for index in range(len(batches))]

@@ -141,7 +141,7 @@ def test_send_secret_over_tls_and_never_over_tcp(archive, remote, embedded, tmp_
         with dask.config.set(config):  # no flags: the TLS files come from the Dask configuration
             code = main(["run", str(archive / "src"), str(tmp_path / "dry" / "dest"), "--tables",
                          str(tmp_path / "dry" / "tables"), "--scheduler", processes.address, "--dry-run"])
-        assert code == 0 and "13 objects would be processed" in capsys.readouterr().out
+        assert code == 0 and "would process 13 objects" in capsys.readouterr().out
     assert _dicom(tmp_path / "tls-run" / "dest") == embedded
 
 
@@ -177,7 +177,7 @@ def test_a_worker_that_cannot_take_part_is_one_line(case, expected, archive, tmp
     elif case == "no project":
         env["PYTHONPATH"] = _no_project(tmp_path / "code")
     with dask_processes(tmp_path / "cluster", env, nworkers=1) as processes:
-        code = main([*_cli_args(archive, tmp_path), "--scheduler", processes.address])
+        code = main([*_cli_args(archive, tmp_path), "--scheduler", processes.address, "-q"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("dicom-deid: error: worker tcp://127.0.0.1:") and expected in err, err
     assert err.count("\n") == 1 and "Traceback" not in err

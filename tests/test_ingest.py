@@ -66,7 +66,7 @@ def test_a_rerun_processes_only_new_and_changed_objects(tmp_path, dask_client):
 
     dry = _run(src, out, dask_client, dry_run=True)
     assert "3 new, 1 changed, 7 unchanged, 1 gone" in dry.report
-    assert "4 objects would be processed" in dry.report
+    assert "would process 4 objects" in dry.report
     second = _run(src, out, dask_client)
 
     assert first.ok and second.ok and first.written == 9
@@ -94,7 +94,7 @@ def test_a_rerun_processes_only_new_and_changed_objects(tmp_path, dask_client):
     assert planned.num_rows == 4 + 1 + 11  # planned rows, then the gone one, then the whole listing
 
     third = _run(src, out, dask_client)
-    assert "nothing new to do" in third.report and third.units_run == 0
+    assert "nothing new: every unit was committed" in third.report and third.units_run == 0
     assert "0 new, 0 changed, 11 unchanged, 0 gone" in third.report
 
 
@@ -169,7 +169,7 @@ def test_s3_rerun_sees_new_objects_and_a_changed_etag(s3_server, s3_bucket, dask
 
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DICOM_DEID_SECRET": SECRET.decode(), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "--no-progress"],
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "-q"],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -178,7 +178,7 @@ def test_an_empty_source_ends_with_zero_objects(tmp_path, dask_client):
     result = _run(tmp_path / "src", tmp_path / "out", dask_client)
     assert result.ok and result.objects == 0 and "objects: 0" in result.report
     dry = _run(tmp_path / "src", tmp_path / "out", dask_client, dry_run=True)
-    assert "0 objects would be processed" in dry.report
+    assert "would process 0 objects" in dry.report
 
 
 def test_empty_source_from_the_command_line(tmp_path):
@@ -200,8 +200,7 @@ def test_a_bad_listing_file_is_one_line_and_writes_nothing(tmp_path, dask_client
     monkeypatch.setenv("DICOM_DEID_SECRET", SECRET.decode())
     listing = tmp_path / "listing.csv"
     listing.write_text(content)
-    code = main(["run", str(listing), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables"),
-                 "--no-progress"])
+    code = main(["run", str(listing), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "tables").exists() and not (tmp_path / "dest").exists()

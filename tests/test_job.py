@@ -135,7 +135,7 @@ def test_dry_run_plans_and_writes_nothing(tmp_path, dask_client):
     result = pipeline.run(str(tmp_path / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"),
                           client=dask_client, dry_run=True)
     assert result.dry_run and result.objects == 4 and result.units_total >= 1
-    assert "4 objects would be processed" in result.report
+    assert "would process 4 objects" in result.report
     assert not (tmp_path / "dest").exists() and not (tmp_path / "tables").exists()
 
 

@@ -56,7 +56,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "RunResult: OK" in shown and "118 written, 58 quarantined" in shown
     assert "IProgress" not in shown and "\x1b" not in shown and "Warning" not in shown
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) == 2  # the objects and bytes bars
+    assert len(widgets) == 3  # headers read, then the objects and bytes de-identified
     pages = [_joined(o.get("data", {}).get("text/html", "")) for o in outputs]
     assert any("<strong>RunResult</strong>" in page for page in pages)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1

@@ -11,7 +11,8 @@ import pytest
 from samples import SECRET, poison_objects, study_objects, write_tree
 
 import pipeline
-from pipeline.job import RunResult, _Bars
+from pipeline.console import UnitMeter
+from pipeline.job import RunResult
 from pipeline.report import human_bytes, human_seconds
 
 CREDENTIAL = "AKIA-must-never-show-in-a-repr"
@@ -98,15 +99,15 @@ def test_accessors_explain_what_is_missing(tmp_path):
 def test_text_bars_on_a_pipe_are_one_line_without_cursor_escapes(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    bars = _Bars(6, 6000)
-    bars.partial({"unit_id": "a", "objects": 2, "source_bytes": 2000})
-    bars({"unit_id": "a", "objects": 3, "source_bytes": 3000})
-    bars({"unit_id": "b", "objects": 3, "source_bytes": 3000})
+    bars = UnitMeter(6, 6144)
+    bars.partial({"unit_id": "a", "objects": 2, "source_bytes": 2048})
+    bars({"unit_id": "a", "objects": 3, "source_bytes": 3072})
+    bars({"unit_id": "b", "objects": 3, "source_bytes": 3072})
     bars.close()
     shown = stream.getvalue()
     assert "\x1b" not in shown and "IProgress" not in shown
     last = shown.rsplit("\r", 1)[-1]
-    assert "6/6" in last and "6.0 kB of 6.0 kB" in last
+    assert "6/6" in last and "6.0 KiB of 6.0 KiB" in last
 
 
 def test_progress_in_a_kernel_is_a_widget_or_clean_text():
@@ -117,9 +118,10 @@ def test_progress_in_a_kernel_is_a_widget_or_clean_text():
     updates = ('bars({"unit_id": "a", "objects": 3, "source_bytes": 3000})\n'
                'bars.close()')
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(f"from pipeline.job import _Bars\nbars = _Bars(3, 3000)\n{updates}"),
+        nbformat.v4.new_code_cell("from pipeline.console import UnitMeter\n"
+                                  f"bars = UnitMeter(3, 3000)\n{updates}"),
         nbformat.v4.new_code_cell('import sys\nsys.modules["ipywidgets"] = None  # as if not installed\n'
-                                  f"bars = _Bars(3, 3000)\n{updates}"),
+                                  f"bars = UnitMeter(3, 3000)\n{updates}"),
     ])
     NotebookClient(nb, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(Path(__file__).parents[1])}}).execute()

@@ -95,7 +95,7 @@ def test_finalize_names_the_missing_shard_until_it_has_run(tmp_path, dask_client
     assert "objects: 12  written: 12" in capsys.readouterr().out
     assert len([k for k in tree(tmp_path / "dest") if k.endswith(".dcm")]) == 12
     again = pipeline.run(*args, client=dask_client, secret=SECRET, max_unit_objects=1)
-    assert "nothing new to do" in again.report
+    assert "nothing new: every unit was committed" in again.report
 
 
 def test_shard_must_be_i_of_n(tmp_path, capsys, monkeypatch):
