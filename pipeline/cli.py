@@ -482,7 +482,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `dicom-deid` console script."""
+    """The `dicom-deid` command: parse, run, and turn user mistakes into one line and exit code 2."""
     from .console import logging_to_stderr, quiet_interrupts
 
     args = _parse(argv)
@@ -503,5 +503,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, before)
 
 
+def entry() -> None:
+    """Entry point of the `dicom-deid` console script. Once everything is written and flushed, the
+    process ends without interpreter teardown: a native thread pool still winding down there has
+    aborted finished runs ("terminate called without an active exception", exit -6)."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
