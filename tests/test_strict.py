@@ -394,3 +394,12 @@ def test_a_date_stored_under_a_binary_vr_is_not_kept_by_modified_dates():
     for out in (deidentify_bytes(bytes(data), profile, secret="s").data,
                 serialize(apply(parse(bytes(data)), profile, secret="s")[0])):
         assert b"19760616" not in out
+
+
+def test_a_datetime_that_swallowed_what_follows_is_not_shifted_along_with_it():
+    """Modified Dates shifts a DT's date and keeps its time and offset; bytes a wrong length made part
+    of the value (a swallowed element) are no time: the value becomes empty (a fuzzer find)."""
+    from pipeline.deid.values import shift
+
+    assert shift("DT", "19810609101010.000000+0100", -3) == "19810606101010.000000+0100"
+    assert shift("DT", "19810609101010.000000 T\x00\x00\x08\x00p\x10ZQXNAME^ZQX", -3) == ""
