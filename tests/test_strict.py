@@ -10,6 +10,7 @@ from struct import pack
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -403,3 +404,14 @@ def test_a_datetime_that_swallowed_what_follows_is_not_shifted_along_with_it():
 
     assert shift("DT", "19810609101010.000000+0100", -3) == "19810606101010.000000+0100"
     assert shift("DT", "19810609101010.000000 T\x00\x00\x08\x00p\x10ZQXNAME^ZQX", -3) == ""
+
+
+def test_a_file_meta_group_length_of_the_wrong_size_is_malformed():
+    """pydicom cannot read a file meta whose group length swallowed what follows; neither walker writes
+    it (a fuzzer find: before, the byte walker wrote it and the dataset walker refused)."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    data[138:140] = pack("<H", 12)
+    with pytest.raises(DeidError) as refused:
+        deidentify_bytes(bytes(data), basic_profile(), secret="s")
+    assert refused.value.reason == "malformed"
