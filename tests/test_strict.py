@@ -10,6 +10,7 @@ from struct import pack
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -394,3 +395,23 @@ def test_a_date_stored_under_a_binary_vr_is_not_kept_by_modified_dates():
     for out in (deidentify_bytes(bytes(data), profile, secret="s").data,
                 serialize(apply(parse(bytes(data)), profile, secret="s")[0])):
         assert b"19760616" not in out
+
+
+def test_a_datetime_that_swallowed_what_follows_is_not_shifted_along_with_it():
+    """Modified Dates shifts a DT's date and keeps its time and offset; bytes a wrong length made part
+    of the value (a swallowed element) are no time: the value becomes empty (a fuzzer find)."""
+    from pipeline.deid.values import shift
+
+    assert shift("DT", "19810609101010.000000+0100", -3) == "19810606101010.000000+0100"
+    assert shift("DT", "19810609101010.000000 T\x00\x00\x08\x00p\x10ZQXNAME^ZQX", -3) == ""
+
+
+def test_a_file_meta_group_length_of_the_wrong_size_is_malformed():
+    """pydicom cannot read a file meta whose group length swallowed what follows; neither walker writes
+    it (a fuzzer find: before, the byte walker wrote it and the dataset walker refused)."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    data[138:140] = pack("<H", 12)
+    with pytest.raises(DeidError) as refused:
+        deidentify_bytes(bytes(data), basic_profile(), secret="s")
+    assert refused.value.reason == "malformed"

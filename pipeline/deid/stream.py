@@ -257,6 +257,8 @@ class _Stream(Reader):
             tag, vr, start, end = self.read_header(pos, False, len(data))
             if end is None:
                 raise malformed(pos, f"file meta element {name(tag)} of undefined length")
+            if tag == 0x00020000 and end - start != 4:  # pydicom cannot read such a file meta
+                raise malformed(pos, f"File Meta Information Group Length of {end - start} bytes, not 4")
             meta[tag] = data[start:end]
             pos = end
         return meta, pos

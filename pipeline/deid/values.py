@@ -20,7 +20,9 @@ _DUMMIES: dict[str, Any] = {
 }
 _BINARY = frozenset({"FL", "FD", "AT", "US", "SS", "UL", "SL", "UV", "SV",
                      "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(.*)$")
+# A DT value: the date, then at most a time of day and a UTC offset (PS3.5 Table 6.2-1); anything
+# else after the date (bytes a wrong length swallowed) makes it unparseable, never carried along.
+_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?((?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?)$")
 
 
 def concrete_vr(vr: str) -> str:
