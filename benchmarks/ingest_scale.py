@@ -11,7 +11,6 @@ is reset before the step).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import shutil
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.plan_scale import synthetic_inventory
+from benchmarks.plan_scale import in_fresh_process, synthetic_inventory
 from pipeline import ingest
 from pipeline.plan import plan
 from pipeline.runs import Changes, close_run, write_run
@@ -92,13 +91,7 @@ def _measure(original: str, step: str, new: int, results) -> None:
 
 
 def measure(tables: str, step: str, new: int) -> tuple[float, int, int]:
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=_measure, args=(tables, step, new, results))
-    process.start()
-    outcome = results.get()
-    process.join()
-    return outcome
+    return in_fresh_process(_measure, tables, step, new)
 
 
 def main() -> None:

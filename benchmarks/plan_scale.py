@@ -60,14 +60,20 @@ def _measure(path: str, step: str, results) -> None:
     results.put((seconds, max(0, peak - before), units))
 
 
-def measure(path: str, step: str) -> tuple[float, int, int]:
+def in_fresh_process(target, *args):
+    """What target(*args, queue) puts on the queue, run in a spawned process: each figure starts
+    from an empty heap, so peak memory is the step's own."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=_measure, args=(path, step, results))
+    process = context.Process(target=target, args=(*args, results))
     process.start()
     outcome = results.get()
     process.join()
     return outcome
+
+
+def measure(path: str, step: str) -> tuple[float, int, int]:
+    return in_fresh_process(_measure, path, step)
 
 
 def main() -> None:
