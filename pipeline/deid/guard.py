@@ -60,10 +60,8 @@ ENGINE_WORDS = "\0".join([
 class Guard:
     """Values one walk read from its input: identifying ones to search for, kept ones that explain."""
 
-    def __init__(self, profile: Profile, searches_output: bool = False) -> None:
+    def __init__(self, profile: Profile) -> None:
         self.private_explains = profile.retain_safe_private  # Table E.3.10-1 lists safe values only
-        # The byte walker hands `check` its output bytes: no per-element copy of what it keeps.
-        self.searches_output = searches_output
         self.removed: dict[tuple[str, bytes], int] = {}  # (VR, value) -> the first tag it came from
         self.explaining: list[bytes | memoryview] = []
         self.kept: list[bytes | memoryview] = []
@@ -81,15 +79,14 @@ class Guard:
                 self.explaining.append(raw)
             if (tag >> 16 & 1 or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
                 self.opaque.append(raw)
-            if not self.searches_output and (vr not in ("DS", "IS")
-                                             or bytes(raw).translate(None, _NUMBER_CHARS)):
-                self.kept.append(raw)
+            if len(raw) >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
+                self.kept.append(raw)  # shorter values cannot hold a searched value
         elif vr in SEARCHED_VRS and op not in (WALK, WALK_DUMMY) and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
 
-    def check(self, output: bytes | None = None) -> None:
-        """Refuse the object when what it keeps (or its `output` bytes) holds a removed value that
-        nothing explains; the engine's own words (dummies, markers) explain themselves."""
+    def check(self) -> None:
+        """Refuse the object when what it keeps holds a removed value that nothing explains; the
+        engine's own words (dummies, markers) explain themselves."""
         self._check_hidden_elements()
         patterns = self._patterns()
         if not patterns:
@@ -99,7 +96,7 @@ class Guard:
             automaton.add_word(pattern, (pattern, tag))
         automaton.make_automaton()
         explained = {p for p, _ in _hits(automaton, b"\0".join([*self.explaining, ENGINE_WORDS]))}
-        for pattern, tag in _hits(automaton, b"\0".join(self.kept) if output is None else output):
+        for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")

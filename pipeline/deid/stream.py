@@ -67,7 +67,6 @@ from .values import SPACE_PADDED, concrete_vr, dummy, shift
 
 DIRECTORY_RECORDS = 0x00041220
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
-PIXEL_GROUP = 0x7FE0  # pixel data is never read as elements, so never searched
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
 SOP_CLASS = 0x00080016
 
@@ -206,7 +205,7 @@ class _Stream(Reader):
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
-        self.guard = Guard(profile, searches_output=True)
+        self.guard = Guard(profile)
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -226,7 +225,7 @@ class _Stream(Reader):
         markers = dict(_marker_elements(self.profile, self.implicit))
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
-        self.guard.check(b"\0".join(c for t, c in chunks if t >> 16 != PIXEL_GROUP))
+        self.guard.check()
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
