@@ -27,7 +27,7 @@ from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATE
 from .operations import KEEP, WALK, WALK_DUMMY
 from .profile import Profile
 from .rules import listed_tags, resolved_action
-from .values import _DUMMIES, DUMMY_TEXT
+from .values import text_dummies
 
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
 # read as text. Code strings, ages and numbers are generic; binary values are not text.
@@ -52,7 +52,7 @@ _WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
 Value = Callable[[], bytes | memoryview]
 # What the engine itself writes into outputs, so a removed value equal to one of them is no leak.
 ENGINE_WORDS = "\0".join([
-    DUMMY_TEXT, *(str(v) for v in _DUMMIES.values() if isinstance(v, str)), *TEMPORAL_STATES, "YES",
+    *text_dummies(), *TEMPORAL_STATES, "YES",
     *(meaning for _, meaning in [BASIC_CODE, *OPTION_CODES.values()]), PRIVATE_KEPT_NOTE, "dicom-deid",
 ]).encode()
 

@@ -30,6 +30,11 @@ def concrete_vr(vr: str) -> str:
     return vr.split(" or ")[0]
 
 
+def text_dummies() -> list[str]:
+    """The text dummies the engine writes, which say nothing and so are never a leak."""
+    return [DUMMY_TEXT, *(v for v in _DUMMIES.values() if isinstance(v, str))]
+
+
 def dummy(vr: str) -> Any:
     """A non-empty value that is valid for the VR and says nothing about anyone."""
     return _DUMMIES.get(vr, DUMMY_TEXT)
