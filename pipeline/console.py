@@ -209,9 +209,10 @@ def stage(doing: str) -> Iterator[None]:
 
 def dask_setup(worker) -> None:
     """Dask preload hook for a local cluster's worker processes: a Ctrl-C at the terminal reaches them too,
-    but only the driver should handle it (by closing them); otherwise each prints a traceback."""
+    but only the driver should handle it (by closing them). A worker only falls silent, so that neither a
+    traceback nor the heartbeat errors of a scheduler closing before it reach the terminal."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, lambda signum, frame: logging.disable(logging.CRITICAL))
 
 
 def quiet_interrupts(message: str) -> Callable[[], None]:
