@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
@@ -11,14 +11,17 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
+from .clean import cleaned_value
 from .errors import DeidError
 from .guard import Guard, element_value
-from .iods import REFERENCED_SERIES, Iod, iod_for
+from .iods import REFERENCED_SERIES, Iod, attribute_type, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
     BLANK,
+    CLEAN,
     DROP,
     DUMMY,
     EMPTY,
@@ -27,6 +30,7 @@ from .operations import (
     SHIFT,
     UIDS,
     WALK,
+    WALK_CLEAN,
     WALK_DUMMY,
     PrivateBlocks,
     UidMapper,
@@ -38,6 +42,7 @@ from .operations import (
 from .profile import Profile, resolve
 from .rules import action_at
 from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
+from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
@@ -54,11 +59,13 @@ class _Walk:
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
     iod: Iod | None  # what decides compound codes
     guard: Guard
+    pending: list[tuple[Dataset, int, str, bytes, bool]] = field(default_factory=list)  # text to clean
 
-    def items(self, source: Dataset, depth: int, dummy_text: bool, path: tuple[int, ...] = ()) -> Dataset:
+    def items(self, source: Dataset, depth: int, inner: str, path: tuple[int, ...] = ()) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action.
 
-        `path` holds the tags of the sequences above it, outermost first.
+        `inner` is the operation of the sequence it is an item of (WALK at the top); `path` holds
+        the tags of the sequences above it, outermost first.
         """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
@@ -67,6 +74,8 @@ class _Walk:
         out.set_original_encoding(*self.encoding, self.charset)
         private = PrivateBlocks(self.profile)
         shifting = shifting_dates(self.profile)
+        content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
+        values = self._content_item(source) if content_item else {}
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
             value = partial(element_value, elem, self.charset)
@@ -74,11 +83,16 @@ class _Walk:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
                     self.guard.note(tag, DROP, _vr(elem), value)
                     continue
-                action, text = "K", False
+                action, text = "K", WALK
+            elif tag in values:  # a content item's value, by its concept: exactly that action
+                action, text = values[tag], WALK
             else:
-                action, text = action_at(tag, self.profile, self.iod, path), dummy_text
+                action, text = action_at(tag, self.profile, self.iod, path), inner
             op = operation(action, _vr(elem), text, shifting)
             new = self._element(elem, op, depth, path)
+            if op == CLEAN:
+                required = self.iod is not None and attribute_type(self.iod, tag, path) in ("1", "1C")
+                self.pending.append((out, tag, _vr(elem), element_value(elem, self.charset), required))
             if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, _vr(elem), value)
             if new is not None:
@@ -108,9 +122,23 @@ class _Walk:
             return DataElement(tag, vr, dummy(vr))
         if op == BLANK:
             return DataElement(tag, vr, bytes(len(elem.value or b"")))
-        if op in (WALK, WALK_DUMMY):
-            return self._sequence(elem, depth, op == WALK_DUMMY, path + (int(tag),))
+        if op in (WALK, WALK_DUMMY, WALK_CLEAN):
+            return self._sequence(elem, depth, op, path + (int(tag),))
+        if op == CLEAN:  # a placeholder until the whole walk has said what identifies: see `clean`
+            return DataElement(tag, vr, "")
         return None
+
+    def clean(self) -> None:
+        """Fill in the cleaned text, now that every value the profile removes is known."""
+        if not self.pending:
+            return
+        cleaner = self.guard.cleaner()
+        implicit, little = self.encoding
+        for out, tag, vr, raw, required in self.pending:
+            if tag in out:  # not gone with its overlay group
+                value = cleaned_value(cleaner, vr, bytes(raw), required)
+                out[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, little)
+                self.guard.note(tag, KEEP, vr, lambda v=value: v)
 
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
@@ -139,12 +167,28 @@ class _Walk:
             raise DeidError("malformed", f"offset {elem.value_tell}: {elem.tag}: {problem[1]}")
         return None
 
-    def _sequence(self, elem, depth: int, dummy_text: bool, path: tuple[int, ...]) -> DataElement:
+    def _content_item(self, item: Dataset) -> dict[int, str]:
+        """Actions for the value of an SR content item under Clean Structured Content, by its concept."""
+        if not self.profile.clean_structured_content:
+            return {}
+        names = self._source_items(item.get_item(CONCEPT_NAME, keep_deferred=True))
+        concept = names[0] if names else Dataset()
+        scheme, code, value_type = (_text(ds.get_item(t, keep_deferred=True)).strip() for ds, t in
+                                    ((concept, CODING_SCHEME), (concept, CODE_VALUE), (item, VALUE_TYPE)))
+        return value_actions(scheme, code, value_type, self.profile)
+
+    def _source_items(self, elem) -> list[Dataset]:
+        """The items of an input sequence, read without changing the input."""
+        if elem is None:
+            return []
         if isinstance(elem, RawDataElement):
             if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
-        items = [self.items(item, depth + 1, dummy_text, path) for item in elem.value]
+        return list(elem.value or [])
+
+    def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> DataElement:
+        items = [self.items(item, depth + 1, inner, path) for item in self._source_items(elem)]
         for item in items:  # undefined lengths, as the byte walker writes them: a private sequence in
             item.is_undefined_length_sequence_item = True  # implicit VR stays readable as one
         return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=True)
@@ -162,6 +206,8 @@ def _vr(elem) -> str:
 
 
 def _text(elem) -> str:
+    if elem is None:
+        return ""
     value = elem.value
     if isinstance(value, bytes):
         return value.decode("latin-1").rstrip(" \0")
@@ -216,7 +262,8 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
                      iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset),
                      Guard(profile))
-        body = walk.items(dataset, 0, False)
+        body = walk.items(dataset, 0, WALK)
+        walk.clean()
         walk.guard.check()
         mark(body, profile)
         meta = file_meta_for(body, syntax)

@@ -22,11 +22,12 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
+from .clean import Cleaner, date_forms
 from .errors import DeidError
 from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATES
-from .operations import KEEP, WALK, WALK_DUMMY
+from .operations import CLEAN, KEEP, WALK, WALK_CLEAN, WALK_DUMMY
 from .profile import Profile
-from .rules import listed_tags, resolved_action
+from .rules import description_tags, listed_tags, resolved_action
 from .values import text_dummies
 
 # Removed values searched for: names, IDs, free text, dates, times, UIDs, and untyped values that
@@ -50,6 +51,8 @@ _NUMERIC = re.compile(rb"[0-9.+\- ]+")
 _WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
 
 Value = Callable[[], bytes | memoryview]
+# Walked sequences are noted element by element; cleaned text is noted as kept once it is cleaned.
+_NOT_NOTED = frozenset({WALK, WALK_DUMMY, WALK_CLEAN, CLEAN})
 # What the engine itself writes into outputs, so a removed value equal to one of them is no leak.
 ENGINE_WORDS = "\0".join([
     *text_dummies(), *TEMPORAL_STATES, "YES",
@@ -81,7 +84,7 @@ class Guard:
                 self.opaque.append(raw)
             if len(raw) >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
                 self.kept.append(raw)  # shorter values cannot hold a searched value
-        elif vr in SEARCHED_VRS and op not in (WALK, WALK_DUMMY) and (vr != "UN" or _untyped_text(value())):
+        elif vr in SEARCHED_VRS and op not in _NOT_NOTED and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
 
     def check(self) -> None:
@@ -112,11 +115,23 @@ class Guard:
             raise DeidError("leak-guard", f"a kept private or binary value holds the header of {Tag(tag)}, "
                                           "an element the profile removes; the object is not written")
 
+    def cleaner(self) -> Cleaner:
+        """What cleaned text must lose: every removed value in its searched forms (dates also as
+        people write them), save removed descriptions, which describe rather than identify."""
+        forms: list[str] = []
+        descriptions = description_tags()
+        for (vr, raw), tag in self.removed.items():
+            if tag not in descriptions:
+                forms += searched_forms(vr, raw)
+                if vr in ("DA", "DT"):
+                    forms += [f for v in raw.split(b"\\") for f in date_forms(v.decode("latin-1"))]
+        return Cleaner(forms, keep_dates=self.profile.retain_long_full_dates)
+
     def _patterns(self) -> dict[str, int]:
         """Lowered, specific forms of the removed values -> the tag each came from first."""
         found: dict[str, int] = {}
         for (vr, raw), tag in self.removed.items():
-            for pattern in _searched_forms(vr, raw):
+            for pattern in searched_forms(vr, raw):
                 found.setdefault(pattern, tag)
         return found
 
@@ -153,7 +168,7 @@ def _untyped_text(raw: bytes | memoryview) -> bool:
 
 
 @lru_cache(maxsize=65536)
-def _searched_forms(vr: str, raw: bytes) -> tuple[str, ...]:
+def searched_forms(vr: str, raw: bytes) -> tuple[str, ...]:
     """The specific forms of one value, lowered; a study's objects repeat their values, so kept."""
     return tuple(dict.fromkeys(f.lower().decode("latin-1") for f in _forms(vr, raw) if _specific(f)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .clean import CLEANED_VRS
 from .errors import DeidError
 from .keys import new_uid
 from .profile import Profile
@@ -13,7 +14,11 @@ from .values import DATE_VRS, FREE_TEXT_VRS
 
 DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
     "drop", "keep", "empty", "dummy", "blank", "uids", "shift", "walk", "walk-dummy")
+CLEAN, WALK_CLEAN = "clean", "walk-clean"  # text cleaned (clean.py); a sequence whose text is cleaned
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Code Value, Coding Scheme Designator and Version (SH), Long and URN Code Values (UC, UR): in a
+# cleaned sequence these are codes of a coding scheme, kept as they are (their digit runs are no IDs).
+_CODE_VRS = frozenset({"SH", "UC", "UR"})
 MAX_DEPTH = 64
 PATIENT_ID, ISSUER, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
 
@@ -26,24 +31,30 @@ def shifting_dates(profile: Profile) -> bool:
     return profile.retain_long_modified_dates and not profile.retain_long_full_dates
 
 
-def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
+def operation(action: str, vr: str, inner: str, shifting: bool) -> str:
     """Turn a resolved action and the element's VR into one operation.
 
-    Inside a sequence replaced by D or C (`dummy_text`), free text that no rule names is dummied,
-    since the standard lists nothing for, e.g., an SR Content Sequence's Text Value.
+    `inner` is the operation of the sequence the element is in (WALK at the top level). Inside a
+    sequence replaced by D (WALK_DUMMY), free text that no rule names is dummied, since the
+    standard lists nothing for, e.g., an SR Content Sequence's Text Value; inside one the profile
+    cleans (C: WALK_CLEAN), such long text is cleaned and names are dummied, codes kept.
     """
     if action == "X":
         return DROP
     if vr == "SQ":  # U is a required reference sequence (X/Z/U*): kept, its UIDs replaced by theirs
         if action == "Z":
             return EMPTY
-        return WALK_DUMMY if dummy_text or action in "DC" else WALK
+        if inner == WALK_DUMMY or action == "D":
+            return WALK_DUMMY
+        return WALK_CLEAN if inner == WALK_CLEAN or action == "C" else WALK
     if action == "K":
         if vr in DATE_VRS and shifting:
             return SHIFT
-        if dummy_text and vr in FREE_TEXT_VRS:
+        if inner == WALK_CLEAN and vr in CLEANED_VRS - _CODE_VRS:
+            return CLEAN
+        if inner != WALK and vr in FREE_TEXT_VRS and (inner == WALK_DUMMY or vr not in _CODE_VRS):
             return DUMMY
-        return DROP if dummy_text and vr == "UN" else KEEP
+        return DROP if inner != WALK and vr == "UN" else KEEP
     if action == "Z":
         return EMPTY
     if vr == "UI":
@@ -58,6 +69,8 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
         return KEEP if vr == "TM" else DUMMY
     if action == "C" and vr in BULK_VRS:
         return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
+    if action == "C" and vr in CLEANED_VRS and inner != WALK_DUMMY:
+        return CLEAN
     return DUMMY
 
 

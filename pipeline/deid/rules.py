@@ -108,6 +108,12 @@ def _row_for(tag: int) -> dict[str, str] | None:
 
 
 @cache
+def description_tags() -> frozenset[int]:
+    """Attributes the Clean Descriptors option cleans: descriptions, whose text is no identity."""
+    return frozenset(tag for tag, row in _tag_rows().items() if row["clean_desc"] == "C")
+
+
+@cache
 def typed_tags() -> frozenset[int]:
     """Tags whose action can depend on where they occur: typed in some IOD, or reference sequences."""
     return iods.typed_tags() | reference_tags()

@@ -20,14 +20,16 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from .clean import cleaned_value
 from .engine import deidentify
 from .errors import DeidError
 from .guard import Guard
-from .iods import REFERENCED_SERIES, iod_for
+from .iods import REFERENCED_SERIES, attribute_type, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
     BLANK,
+    CLEAN,
     DROP,
     DUMMY,
     EMPTY,
@@ -35,7 +37,8 @@ from .operations import (
     MAX_DEPTH,
     SHIFT,
     UIDS,
-    WALK_DUMMY,
+    WALK,
+    WALK_CLEAN,
     PrivateBlocks,
     UidMapper,
     name,
@@ -63,6 +66,7 @@ from .structure import (
     looks_explicit,
     malformed,
 )
+from .structured import STRUCTURED_SEQUENCES
 from .values import SPACE_PADDED, concrete_vr, dummy, shift
 
 DIRECTORY_RECORDS = 0x00041220
@@ -90,6 +94,30 @@ class FileResult(NamedTuple):
 
 class _Unsupported(Exception):
     """Not for the fast path; the pydicom walker takes the file."""
+
+
+class _Pending:
+    """A C action's text, cleaned once the whole walk has said what identifies (see `_Stream.clean`)."""
+
+    def __init__(self, tag: int, vr: str, raw: bytes, implicit: bool, required: bool) -> None:
+        self.tag, self.vr, self.raw, self.implicit, self.required = tag, vr, raw, implicit, required
+        self.value = b""
+        self.chunk = b""
+        self.dropped = False
+
+
+Chunk = bytes | memoryview | _Pending | list  # a list: a sequence holding pending text, in order
+
+
+def _flat(chunk: Chunk):
+    """The bytes of a chunk, pending text filled in."""
+    if isinstance(chunk, _Pending):
+        yield chunk.chunk
+    elif isinstance(chunk, list):
+        for part in chunk:
+            yield from _flat(part)
+    else:
+        yield chunk
 
 
 def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None) -> FileResult:
@@ -206,6 +234,9 @@ class _Stream(Reader):
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
         self.guard = Guard(profile)
+        self.pending: list[_Pending] = []
+        # Structured content is cleaned item by item by its concepts, by the pydicom walker only.
+        self.structured = profile.clean_structured_content
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
@@ -218,7 +249,8 @@ class _Stream(Reader):
             raise _Unsupported  # encoded otherwise than its transfer syntax says: pydicom re-encodes
         top = self._top_values((SOP_CLASS, REFERENCED_SERIES))
         self.iod = iod_for(top.get(SOP_CLASS, b"").decode("latin-1"), REFERENCED_SERIES in top)
-        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, False, ())
+        chunks, _ = self.dataset(pos, len(self.data), self.implicit, 0, WALK, ())
+        self.clean()
         header = self._header()
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
@@ -229,7 +261,7 @@ class _Stream(Reader):
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
-                        *(c for _, c in body)])
+                        *((b for _, c in body for b in _flat(c)) if self.pending else (c for _, c in body))])
         return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
 
     def _header(self) -> dict[str, str | int | None]:
@@ -262,11 +294,25 @@ class _Stream(Reader):
             pos = end
         return meta, pos
 
-    def dataset(self, pos: int, limit: int, implicit: bool, depth: int, dummy_text: bool,
-                path: tuple[int, ...]) -> tuple[list[tuple[int, bytes]], int]:
+    def clean(self) -> None:
+        """Fill in the cleaned text, now that every value the profile removes is known."""
+        if not self.pending:
+            return
+        cleaner = self.guard.cleaner()
+        for pending in self.pending:
+            pending.value = cleaned_value(cleaner, pending.vr, pending.raw, pending.required)
+            pending.chunk = _element(pending.tag, pending.vr, pending.value, pending.implicit)
+            if not pending.dropped:
+                self.guard.note(pending.tag, KEEP, pending.vr, lambda v=pending.value: v)
+                if pending.tag in self.top and self.top[pending.tag] is pending:
+                    self.top[pending.tag] = pending.value
+
+    def dataset(self, pos: int, limit: int, implicit: bool, depth: int, inner: str,
+                path: tuple[int, ...]) -> tuple[list[tuple[int, Chunk]], int]:
         """Walk one dataset's elements up to `limit`, or to its item delimiter when limit is None.
 
-        `path` holds the tags of the sequences above it, outermost first.
+        `inner` is the operation of the sequence it is an item of (WALK at the top); `path` holds
+        the tags of the sequences above it, outermost first.
         """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
@@ -274,7 +320,7 @@ class _Stream(Reader):
         if (pos < end and not implicit and not looks_explicit(self.data, pos)
                 and self.data[pos:pos + 4] != b"\xfe\xff\x0d\xe0"):  # not an empty item's delimiter
             raise _Unsupported  # implicit VR items in an explicit VR file: pydicom reads them so
-        chunks: list[tuple[int, bytes]] = []
+        chunks: list[tuple[int, Chunk]] = []
         overlay_tags: list[int] = []
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
@@ -310,17 +356,19 @@ class _Stream(Reader):
                     self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
                     pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
-                action, text = "K", False
+                action, text = "K", WALK
             else:
                 action = self.actions.get(tag) or self._action(tag, path)
-                text = dummy_text
+                text = inner
             op = operation(action, known, text, self.shifting)
+            if op == WALK_CLEAN and self.structured and tag in STRUCTURED_SEQUENCES:
+                raise _Unsupported
             chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
-                    self.top[tag] = self._value(chunk, implicit)
+                    self.top[tag] = chunk if isinstance(chunk, _Pending) else self._value(chunk, implicit)
                 verbatim = isinstance(chunk, memoryview)
                 if verbatim and span_end == pos and chunks[-1][0] >> 16 == tag >> 16 and self._runs(tag):
                     chunks[-1] = (chunks[-1][0], self.view[span_start:after])  # one chunk per run
@@ -334,6 +382,11 @@ class _Stream(Reader):
                 raise malformed(pos, "an item of undefined length without its delimiter")
         dropped = set(private.orphaned())
         groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
+        if not dropped and not groups:
+            return chunks, pos
+        for tag, chunk in chunks:
+            if isinstance(chunk, _Pending) and tag >> 16 in groups:
+                chunk.dropped = True
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
 
     def _action(self, tag: int, path: tuple[int, ...]) -> str:
@@ -351,13 +404,14 @@ class _Stream(Reader):
 
     def _apply(self, op: str, tag: int, vr: str | None, known: str, pos: int, start: int,
                stop: int | None, implicit: bool, depth: int,
-               path: tuple[int, ...]) -> tuple[bytes | None, int]:
+               path: tuple[int, ...]) -> tuple[Chunk | None, int]:
         """One element's output bytes (or None) and where the next element starts."""
         if known == "SQ" and op not in (DROP, EMPTY):
             inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
-            items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY, path + (tag,))
+            items, after = self._items(start, stop, inner_implicit, depth, op, path + (tag,))
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
-            return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
+            end = pack("<HHI", 0xFFFE, 0xE0DD, 0)
+            return (head + items + end if isinstance(items, bytes) else [head, items, end]), after
         after = self.past(known, start, stop, implicit or vr == "UN", depth)
         if op == KEEP:
             if stop is not None and (problem := conformance(tag, known, self.view[start:stop])):
@@ -377,6 +431,11 @@ class _Stream(Reader):
             return _element(tag, known, dummy(known), implicit), after
         if op == BLANK:
             return _element(tag, known, bytes(after - start), implicit), after
+        if op == CLEAN:
+            required = self.iod is not None and attribute_type(self.iod, tag, path) in ("1", "1C")
+            pending = _Pending(tag, known, bytes(self.view[start:stop]), implicit, required)
+            self.pending.append(pending)
+            return pending, after
         text = self.data[start:stop].decode("latin-1")
         if op == UIDS:
             return _element(tag, known, "\\".join(self.uids.map(tag, text)), implicit), after
@@ -385,24 +444,26 @@ class _Stream(Reader):
         raise AssertionError(op)
 
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
-               dummy_text: bool, path: tuple[int, ...]) -> tuple[bytes, int]:
-        """A sequence's items walked and re-encoded with undefined lengths."""
-        out, pos = [], start
+               inner: str, path: tuple[int, ...]) -> tuple[bytes | list[Chunk], int]:
+        """A sequence's items walked and re-encoded with undefined lengths (a list of chunks when
+        they hold text still to be cleaned)."""
+        out: list[Chunk] = []
+        pos, pending = start, len(self.pending)
         end = len(self.data) if stop is None else stop
         while pos < end:
             tag, _, item_start, item_stop = self.read_header(pos, True, end)
             if tag == SEQUENCE_END and stop is None:
-                return b"".join(out), item_start
+                return (b"".join(out) if len(self.pending) == pending else out), item_start
             if tag != ITEM:
                 raise malformed(pos, f"{name(tag)} where a sequence item or its delimiter must be")
-            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text, path)
+            chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, inner, path)
             if pos > end:
                 raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
             out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
                     pack("<HHI", 0xFFFE, 0xE00D, 0)]
         if stop is None:
             raise malformed(pos, "a sequence of undefined length without its delimiter")
-        return b"".join(out), stop
+        return (b"".join(out) if len(self.pending) == pending else out), stop
 
     def _value(self, chunk: bytes, implicit: bool) -> bytes:
         offset = 8 if implicit or bytes(chunk[4:6]).decode("latin-1") not in LONG_VRS else 12
