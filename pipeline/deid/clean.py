@@ -47,9 +47,9 @@ _DATES = [
 _TIMES = [r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s?[ap]\.?m\.?)?", r"\d{1,2}\s?[ap]\.?m\.?"]
 # Words that only point at what was removed after them: "for Jane Doe", "DOB: 1976-06-16".
 _POINTERS = frozenset({
-    "for", "of", "by", "to", "from", "at", "on", "in", "per", "and", "or", "with", "call", "contact",
-    "dr", "mr", "mrs", "ms",
-    "prof", "patient", "pt", "name", "id", "mrn", "dob", "born", "birth", "date", "time", "acc",
+    "for", "of", "by", "to", "from", "at", "on", "in", "per", "and", "or", "with", "call", "called",
+    "contact", "dr", "mr", "mrs", "ms", "prof", "patient", "pt", "name", "id", "mrn", "dob", "born",
+    "birth", "date", "time", "acc",
     "accession", "no", "nr", "number", "tel", "phone", "ph", "email", "e-mail", "mail", "attn",
     "physician", "referred", "referring", "operator", "uid", "study", "series",
 })

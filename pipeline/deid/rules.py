@@ -7,7 +7,7 @@ import re
 from functools import cache, lru_cache
 from importlib import resources
 
-from pydicom.datadict import dictionary_has_tag, get_entry, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, get_entry, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
 from . import iods
@@ -167,7 +167,23 @@ def resolved_action(tag: int, profile: Profile) -> str:
         return resolve_row(row, profile)
     if group in (0x0000, 0x0004, 0xFFFE) or element == 0x0000 or not is_known_public(tag):
         return "X"
+    if unlisted_free_text(tag):
+        return "C"
     return "K"
+
+
+# Safety net, free-text part (issue 8): text the table does not list may still name someone, so it
+# is cleaned as Clean Descriptors cleans: long text (LT, ST, UT, UC) and coded entries' meanings.
+NET_CLEANED_VRS = frozenset({"LT", "ST", "UT", "UC"})
+CODE_MEANING = 0x00080104
+
+
+def unlisted_free_text(tag: int) -> bool:
+    """Whether an attribute Table E.1-1 does not list is free text that the safety net cleans."""
+    try:
+        return tag == CODE_MEANING or dictionary_VR(tag) in NET_CLEANED_VRS
+    except KeyError:
+        return False
 
 
 @lru_cache(maxsize=4096)
