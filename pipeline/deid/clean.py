@@ -45,10 +45,11 @@ _DATES = [
     rf"{_MONTH}[\s\-.,]*\d{{4}}", rf"\d{{4}}[\s\-]{_MONTH}[\s\-]?\d{{1,2}}",
 ]
 _TIMES = [r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s?[ap]\.?m\.?)?", r"\d{1,2}\s?[ap]\.?m\.?"]
-# Words that only point at what was removed after them: "for Jane Doe", "DOB: 1976-06-16".
+# Words that only point at what was removed after them: "for Jane Doe", "DOB: 1976-06-16" (not "MR",
+# "MS", "PT": modalities and diseases as often as titles).
 _POINTERS = frozenset({
     "for", "of", "by", "to", "from", "at", "on", "in", "per", "and", "or", "with", "call", "called",
-    "contact", "dr", "mr", "mrs", "ms", "prof", "patient", "pt", "name", "id", "mrn", "dob", "born",
+    "contact", "dr", "mrs", "prof", "patient", "name", "id", "mrn", "dob", "born",
     "birth", "date", "time", "acc",
     "accession", "no", "nr", "number", "tel", "phone", "ph", "email", "e-mail", "mail", "attn",
     "physician", "referred", "referring", "operator", "uid", "study", "series",
