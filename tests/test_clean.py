@@ -72,7 +72,7 @@ def test_self_identifying_text_goes_without_any_dataset_value(text, expected):
 
 
 @pytest.mark.parametrize("text", ["CHEST", "Head 3D T1 b1000", "T2 FLAIR 1.5T", "Series 5 2mm",
-                                  "AX T1 (post)"])
+                                  "AX T1 (post)", "firmware 3.5.1.0"])
 def test_descriptive_text_is_left_alone(text):
     raw = text.encode()
     assert cleaner_of(PATIENT, BIRTH, MRN).clean("LO", raw) is raw

@@ -33,7 +33,7 @@ _DAY = r"\d{1,2}(?:st|nd|rd|th)?"
 # Text that identifies wherever it stands (PS3.15 E.3.5: dates, times, numbers that may be IDs).
 _SELF_IDENTIFYING = [
     r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+",  # e-mail address
-    r"\d+(?:\.\d+){3,}",  # UID
+    r"[012](?:\.\d+){4,}",  # UID (a root of 0, 1 or 2 and five parts or more: not a version 3.5.1.0)
     r"[a-z]*\d{5,}[a-z0-9]*",  # a long digit run, alone or inside an ID such as A1234567
     r"(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)\s?|\d{2,4}[\s.\-])\d{3,4}[\s.\-]\d{3,4}",  # phone number
     r"\d{3}[\-.]\d{4}",  # local phone number
