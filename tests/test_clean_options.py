@@ -200,9 +200,14 @@ def test_every_content_item_concept_gets_its_action(flags):
             assert (got.ConceptCodeSequence[0].CodeMeaning == "Female") == (letter == "K"), where
 
 
+# Text that can identify: no codes, ages or numbers.
+SEARCHED_VRS = {"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
 def walk_values(ds, profile: Profile, into: dict[str, set[bytes]]) -> None:
     """Sort the input's text values by what the profile does with them: kept (K), removed or replaced
-    (the rest), and cleaned (C), which is neither; descriptions are no identities and not counted."""
+    (the rest; Modified Dates keep times), and cleaned (C), which is neither; descriptions are no
+    identities and not counted."""
     for tag in ds.keys():
         elem = ds.get_item(tag, keep_deferred=True)
         try:
@@ -215,11 +220,11 @@ def walk_values(ds, profile: Profile, into: dict[str, set[bytes]]) -> None:
                 for entry in ds[tag].value:
                     walk_values(entry, profile, into)
             continue
-        if vr in ("CS", "AS", "DS", "IS", "SQ") or not isinstance(elem.value, bytes) or action == "C":
+        if vr not in SEARCHED_VRS or not isinstance(elem.value, bytes) or action == "C":
             continue
         if tag in description_tags():
             continue
-        bucket = into["kept"] if action == "K" else into["gone"]
+        bucket = into["kept"] if action == "K" or (action == "M" and vr == "TM") else into["gone"]
         bucket.update(v.strip(b" \0") for v in elem.value.split(b"\\") if len(v.strip(b" \0")) >= 8)
 
 
