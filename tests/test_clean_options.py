@@ -200,6 +200,7 @@ def test_every_content_item_concept_gets_its_action(flags):
             assert (got.ConceptCodeSequence[0].CodeMeaning == "Female") == (letter == "K"), where
 
 
+OWN_VALUES = {b"ANONYMIZED", b"19000101", b"19000101000000"}  # the engine's dummies prove nothing
 # Text that can identify: no codes, ages or numbers.
 SEARCHED_VRS = {"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
@@ -251,7 +252,7 @@ def test_corpus_leaks_nothing_with_each_cleaning_option(flags):
             values: dict[str, set[bytes]] = {"gone": set(), "kept": set()}
             walk_values(parse(data), profile, values)
         written += 1
-        suspects = {v for v in values["gone"] - {b"ANONYMIZED"} if not any(v in k for k in values["kept"])}
+        suspects = {v for v in values["gone"] - OWN_VALUES if not any(v in k for k in values["kept"])}
         checked += len(suspects)
         leaks += [(path, v) for v in suspects if v in out]
         pydicom.dcmread(BytesIO(out))
