@@ -25,8 +25,6 @@ PROFILES = {
     "private-uids": Profile(retain_private_tags=True, clean_descriptions=True, retain_uids=True),
     "full-dates": Profile(retain_long_full_dates=True, retain_device_identity=True,
                           retain_institution_identity=True, retain_patient_characteristics=True),
-    "cleaning": Profile(clean_descriptions=True, clean_structured_content=True, clean_graphics=True,
-                        retain_long_modified_dates=True),
 }
 
 
