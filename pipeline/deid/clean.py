@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date
+from functools import lru_cache
 
 import ahocorasick
 
@@ -66,20 +67,22 @@ def _compiled(patterns: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"{_EDGE_L}(?:{p}){_EDGE_R}" for p in patterns), re.IGNORECASE)
 
 
+_PATTERN_CHARS = re.compile(r"[0-9@]")  # every self-identifying pattern holds a digit or an @
 SELF_IDENTIFYING = _compiled(_SELF_IDENTIFYING + _DATES + _TIMES)
 WITHOUT_DATES = _compiled(_SELF_IDENTIFYING)  # under Full Dates, dates and times are kept on purpose
 
 
-def date_forms(value: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def date_forms(value: str) -> tuple[str, ...]:
     """A DA value (or the date of a DT) in the ways people write it: 1976-06-16, 16 Jun 1976, ..."""
     match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})\d*(?:\.\d+)?(?:[+-]\d{4})?", value.strip())
     if not match:
-        return []
+        return ()
     year, month, day = match.groups()
     try:
         date(int(year), int(month), int(day))
     except ValueError:
-        return []
+        return ()
     m, d, yy = str(int(month)), str(int(day)), year[2:]
     full = _MONTHS[int(month) - 1]
     short = full[:3]
@@ -92,7 +95,7 @@ def date_forms(value: str) -> list[str]:
         forms += [f"{d} {name} {year}", f"{day} {name} {year}", f"{d}-{name}-{year}", f"{day}-{name}-{year}",
                   f"{d}{name}{year}", f"{day}{name}{year}", f"{name} {d}, {year}", f"{name} {d} {year}",
                   f"{name}{year}", f"{name} {year}", f"{name}-{year}"]
-    return forms
+    return tuple(forms)
 
 
 class Cleaner:
@@ -134,7 +137,7 @@ class Cleaner:
 
     def _spans(self, text: str) -> list[tuple[int, int]]:
         lowered = text.lower()
-        spans = [m.span() for m in self.patterns.finditer(lowered)]
+        spans = [m.span() for m in self.patterns.finditer(lowered)] if _PATTERN_CHARS.search(lowered) else []
         if self.automaton is not None:
             last = len(lowered) - 1
             for end, size in self.automaton.iter(lowered):

@@ -261,7 +261,7 @@ class _Stream(Reader):
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
-                        *((b for _, c in body for b in _flat(c)) if self.pending else (c for _, c in body))])
+                        *(c if isinstance(c, bytes | memoryview) else b"".join(_flat(c)) for _, c in body)])
         return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
 
     def _header(self) -> dict[str, str | int | None]:
