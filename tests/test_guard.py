@@ -221,9 +221,15 @@ def test_corpus_false_refusals(profile, monkeypatch):
 def test_a_name_in_kept_public_free_text_is_refused():
     """A kept free-text attribute cannot explain a name it holds: that is the leak, not a reason."""
     ds = clean_dataset()
-    ds.ExtendedCodeMeaning = "Reviewed with Jane Doe on the ward"  # LT, kept (K) by Table E.1-1
-    assert action_for("ExtendedCodeMeaning", Profile()) == "K"
-    assert outcomes(to_bytes(ds), Profile()) == {"bytes": "leak-guard", "datasets": "leak-guard"}
+    ds.LensModel = "Reviewed with Jane Doe on the ward"  # UT, kept (K) under Retain Device Identity
+    profile = Profile(retain_device_identity=True)
+    assert action_for("LensModel", profile) == "K"
+    assert outcomes(to_bytes(ds), profile) == {"bytes": "leak-guard", "datasets": "leak-guard"}
+    # Free text the table does not list is cleaned by the safety net instead, so nothing is left to refuse.
+    ds = clean_dataset()
+    ds.ExtendedCodeMeaning = "Reviewed with Jane Doe on the ward"
+    assert action_for("ExtendedCodeMeaning", Profile()) == "C"
+    assert outcomes(to_bytes(ds), Profile()) == {"bytes": "written", "datasets": "written"}
 
 
 def test_an_element_swallowed_by_a_kept_private_binary_value_is_refused():
