@@ -23,8 +23,9 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from .deid import Profile
+from .deid.clean import CLEANED_VRS
 from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
-from .deid.rules import edition, resolved_action, safe_private
+from .deid.rules import edition, resolved_action, safe_private, unlisted_free_text
 from .deid.values import DUMMY_TEXT, dummy
 from .storage import filesystem, retry
 from .tables import read_table
@@ -132,6 +133,10 @@ class Findings:
             if tag >> 16 & 1 or raw is None or vr not in TEXT_VRS:
                 continue
             action = resolved_action(tag, self.profile)
+            if action == "C" and vr in CLEANED_VRS:  # cleaned text keeps its words, minus other values
+                if unlisted_free_text(tag):  # the safety net's: kept as before it was cleaned
+                    self.kept.append(raw)
+                continue
             removed = action in "XZDCU" or (action == "M" and vr in ("DA", "DT") and self.shifting)
             if not removed or vr not in IDENTIFYING_VRS:
                 self.kept.append(raw)
