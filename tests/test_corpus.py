@@ -97,7 +97,8 @@ def walk_values(ds, into: dict[str, set[bytes]], depth: int = 0) -> None:
             continue
         if vr not in TEXT_VRS or not isinstance(elem.value, bytes):
             continue
-        bucket = into["kept"] if action == "K" else into["gone"]
+        # C under the basic profile is the safety net's cleaned text: kept, less other attributes' values
+        bucket = into["kept"] if action in ("K", "C") else into["gone"]
         bucket.update(v.strip(b" \0") for v in elem.value.split(b"\\") if len(v.strip(b" \0")) >= 8)
 
 
