@@ -16,7 +16,7 @@ from pydicom.tag import Tag
 from .clean import cleaned_value
 from .errors import DeidError
 from .guard import Guard, element_value
-from .iods import REFERENCED_SERIES, Iod, attribute_type, iod_for
+from .iods import REFERENCED_SERIES, Iod, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_for, mark, transfer_syntax
 from .operations import (
@@ -40,7 +40,7 @@ from .operations import (
     shifting_dates,
 )
 from .profile import Profile, resolve
-from .rules import action_at
+from .rules import action_at, needs_value
 from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
@@ -91,8 +91,8 @@ class _Walk:
             op = operation(action, _vr(elem), text, shifting)
             new = self._element(elem, op, depth, path)
             if op == CLEAN:
-                required = self.iod is not None and attribute_type(self.iod, tag, path) in ("1", "1C")
-                self.pending.append((out, tag, _vr(elem), element_value(elem, self.charset), required))
+                self.pending.append((out, tag, _vr(elem), element_value(elem, self.charset),
+                                     needs_value(self.iod, tag, path)))
             if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, _vr(elem), value)
             if new is not None:

@@ -178,8 +178,16 @@ NET_CLEANED_VRS = frozenset({"LT", "ST", "UT", "UC"})
 CODE_MEANING = 0x00080104
 
 
+def needs_value(iod: iods.Iod | None, tag: int, path: tuple[int, ...]) -> bool:
+    """Whether cleaned text left empty must become the dummy: Type 1 where it occurs, or of unknown
+    type (the safety net's attributes: a Code Meaning is Type 1 in every code sequence)."""
+    return unlisted_free_text(tag) or (iod is not None and iods.attribute_type(iod, tag, path) in ("1", "1C"))
+
+
 def unlisted_free_text(tag: int) -> bool:
     """Whether an attribute Table E.1-1 does not list is free text that the safety net cleans."""
+    if tag in _tag_rows():
+        return False
     try:
         return tag == CODE_MEANING or dictionary_VR(tag) in NET_CLEANED_VRS
     except KeyError:

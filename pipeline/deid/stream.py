@@ -24,7 +24,7 @@ from .clean import cleaned_value
 from .engine import deidentify
 from .errors import DeidError
 from .guard import Guard
-from .iods import REFERENCED_SERIES, attribute_type, iod_for
+from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
 from .operations import (
@@ -49,7 +49,7 @@ from .operations import (
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import action_at, typed_tags
+from .rules import action_at, needs_value, typed_tags
 from .structure import (
     DICOMDIR_SOP_CLASS,
     ITEM,
@@ -432,7 +432,7 @@ class _Stream(Reader):
         if op == BLANK:
             return _element(tag, known, bytes(after - start), implicit), after
         if op == CLEAN:
-            required = self.iod is not None and attribute_type(self.iod, tag, path) in ("1", "1C")
+            required = needs_value(self.iod, tag, path)
             pending = _Pending(tag, known, bytes(self.view[start:stop]), implicit, required)
             self.pending.append(pending)
             return pending, after
