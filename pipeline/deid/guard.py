@@ -22,7 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
-from .clean import Cleaner, date_forms
+from .clean import UNSPLIT_VRS, Cleaner, date_forms
 from .errors import DeidError
 from .markers import BASIC_CODE, OPTION_CODES, PRIVATE_KEPT_NOTE, TEMPORAL_STATES
 from .operations import CLEAN, KEEP, WALK, WALK_CLEAN, WALK_DUMMY
@@ -37,7 +37,6 @@ SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", 
 # purpose. Free text, names, untyped and binary values never do: that is where a copied name or a
 # swallowed element hides, and a hit there explaining itself would hide it.
 EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "CS", "DS", "IS"}
-UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
 MIN_HIDDEN = 12  # an element header and a short value: anything shorter hides nothing
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
