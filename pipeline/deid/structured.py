@@ -18,9 +18,10 @@ from .rules import OPTION_COLUMNS, resolve_row
 
 CONTENT_SEQUENCE, ACQUISITION_CONTEXT, SPECIMEN_PREPARATION = 0x0040A730, 0x00400555, 0x00400610
 SPECIMEN_STEP_ITEMS, WAVEFORM_ANNOTATION = 0x00400612, 0x0040B020
-# The sequences the Clean Structured Content option cleans (its C column in Table E.1-1).
+# The sequences the Clean Structured Content option cleans (its C column in Table E.1-1), and the
+# Specimen Preparation steps' content items, wherever they occur.
 STRUCTURED_SEQUENCES = frozenset({CONTENT_SEQUENCE, ACQUISITION_CONTEXT, SPECIMEN_PREPARATION,
-                                  WAVEFORM_ANNOTATION})
+                                  WAVEFORM_ANNOTATION, SPECIMEN_STEP_ITEMS})
 # The sequences whose items are content items.
 ITEM_SEQUENCES = frozenset({CONTENT_SEQUENCE, ACQUISITION_CONTEXT, SPECIMEN_STEP_ITEMS, WAVEFORM_ANNOTATION})
 VALUE_TYPE, CONCEPT_NAME, CODE_VALUE, CODING_SCHEME = 0x0040A040, 0x0040A043, 0x00080100, 0x00080102
