@@ -9,10 +9,12 @@ from .errors import DeidError
 from .keys import new_uid
 from .profile import Profile
 from .rules import safe_private
+from .unlisted import NET_UIDS, well_known
 from .values import DATE_VRS, FREE_TEXT_VRS
 
 DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
     "drop", "keep", "empty", "dummy", "blank", "uids", "shift", "walk", "walk-dummy")
+NEW_UIDS = "new-uids"  # the safety net's UIDS: well-known UIDs stay (see `settled`)
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 MAX_DEPTH = 64
 PATIENT_ID, ISSUER, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100021, 0x00100010, 0x0020000D
@@ -30,8 +32,13 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     """Turn a resolved action and the element's VR into one operation.
 
     Inside a sequence replaced by D or C (`dummy_text`), free text that no rule names is dummied,
-    since the standard lists nothing for, e.g., an SR Content Sequence's Text Value.
+    since the standard lists nothing for, e.g., an SR Content Sequence's Text Value. The safety
+    net's lower-case actions (unlisted.py) read as the table's upper-case ones.
     """
+    if action.islower():
+        if action == NET_UIDS:
+            return NEW_UIDS if vr == "UI" else DROP
+        action = action.upper()
     if action == "X":
         return DROP
     if vr == "SQ":  # U is a required reference sequence (X/Z/U*): kept, its UIDs replaced by theirs
@@ -59,6 +66,12 @@ def operation(action: str, vr: str, dummy_text: bool, shifting: bool) -> str:
     if action == "C" and vr in BULK_VRS:
         return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
     return DUMMY
+
+
+def settled(text: str) -> str:
+    """The safety net's NEW_UIDS, or KEEP for a value holding only well-known UIDs."""
+    uids = [uid.strip(" \0") for uid in text.split("\\")]
+    return KEEP if all(well_known(uid) or not uid for uid in uids) else NEW_UIDS
 
 
 class PrivateBlocks:
@@ -108,10 +121,13 @@ class UidMapper:
     uid_map: dict[str, str] = field(default_factory=dict)
     uid_attributes: dict[str, int] = field(default_factory=dict)
 
-    def map(self, tag: int, value: str) -> list[str]:
+    def map(self, tag: int, value: str, keep_known: bool = False) -> list[str]:
+        """New UIDs for a value's UIDs; with `keep_known`, well-known ones stay as they are."""
         new = []
         for uid in (v.strip(" \0") for v in value.split("\\")):
-            if uid:
+            if keep_known and well_known(uid):
+                new.append(uid)
+            elif uid:
                 if not uid.isascii():
                     raise DeidError("malformed", f"a UID of {name(tag)} holds bytes outside ASCII")
                 if uid not in self.uid_map:

@@ -8,6 +8,7 @@ same strict structure check (`parse`), which decides or refuses with the reason.
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache, lru_cache
 from struct import pack, unpack_from
 from typing import NamedTuple
@@ -33,6 +34,7 @@ from .operations import (
     EMPTY,
     KEEP,
     MAX_DEPTH,
+    NEW_UIDS,
     SHIFT,
     UIDS,
     WALK_DUMMY,
@@ -42,11 +44,12 @@ from .operations import (
     operation,
     orphaned_overlay_groups,
     patient_identity,
+    settled,
     shifting_dates,
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import action_at, typed_tags
+from .rules import action_at, placed_tags
 from .structure import (
     DICOMDIR_SOP_CLASS,
     ITEM,
@@ -86,6 +89,7 @@ class FileResult(NamedTuple):
     uid_attributes: dict[str, int]
     fast: bool
     header: dict[str, str | int | None]  # HEADER's keywords -> the output's values
+    actions: Counter  # (tag, action code, operation) -> how often, see actions.py
 
 
 class _Unsupported(Exception):
@@ -101,7 +105,7 @@ def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | Non
         except (_Unsupported, UnicodeError):
             result = deidentify(parse(data), profile, secret=key)
             return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
-                              header_of(result.dataset))
+                              header_of(result.dataset), result.actions)
     except DeidError:
         raise
     except RecursionError as exc:
@@ -204,6 +208,8 @@ class _Stream(Reader):
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
         self.actions = _actions(profile)
+        self.placed = placed_tags(profile)
+        self.seen: Counter = Counter()  # (tag, action, what was done) -> how often; see actions.py
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
         self.guard = Guard(profile)
 
@@ -230,7 +236,7 @@ class _Stream(Reader):
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
                         *(c for _, c in body)])
-        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
+        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header, self.seen)
 
     def _header(self) -> dict[str, str | int | None]:
         """HEADER's output values decoded as pydicom would give them (one value each)."""
@@ -308,16 +314,20 @@ class _Stream(Reader):
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
                     self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
+                    self._count((tag | 0xFFFF, "X", DROP))
                     pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
-                action, text = "K", False
+                action, text, counted = "K", False, tag | 0xFFFF  # private ones are counted by group
             else:
                 action = self.actions.get(tag) or self._action(tag, path)
-                text = dummy_text
+                text, counted = dummy_text, tag
             op = operation(action, known, text, self.shifting)
+            if op == NEW_UIDS:
+                op = settled(self.data[start:stop].decode("latin-1"))
             chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
+            self._count((counted, action, DROP if chunk is None else op))
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
                     self.top[tag] = self._value(chunk, implicit)
@@ -336,9 +346,12 @@ class _Stream(Reader):
         groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
 
+    def _count(self, key: tuple[int, str, str]) -> None:
+        self.seen[key] = self.seen.get(key, 0) + 1
+
     def _action(self, tag: int, path: tuple[int, ...]) -> str:
         action = action_at(tag, self.profile, self.iod, path)
-        if tag not in typed_tags():
+        if tag not in self.placed:
             self.actions[tag] = action
         return action
 
@@ -378,8 +391,8 @@ class _Stream(Reader):
         if op == BLANK:
             return _element(tag, known, bytes(after - start), implicit), after
         text = self.data[start:stop].decode("latin-1")
-        if op == UIDS:
-            return _element(tag, known, "\\".join(self.uids.map(tag, text)), implicit), after
+        if op in (UIDS, NEW_UIDS):
+            return _element(tag, known, "\\".join(self.uids.map(tag, text, op == NEW_UIDS)), implicit), after
         if op == SHIFT:
             return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
         raise AssertionError(op)
