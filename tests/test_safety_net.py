@@ -36,9 +36,11 @@ def _item(**attrs) -> Dataset:
     return ds
 
 
-def ct_with_unlisted(syntax=None) -> bytes:
+def ct_with_unlisted(syntax=None, sop_uid: str | None = None) -> bytes:
     """pydicom's CT with person names and UIDs where Table E.1-1 says nothing about them."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if sop_uid:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.EvaluatorName = EVALUATOR
     ds.FindingsGroupUIDTrial = ds.SOPInstanceUID  # an original instance UID, repeated unlisted
     ds.SegmentationTemplateUID = WELL_KNOWN
