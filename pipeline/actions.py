@@ -15,16 +15,10 @@ import pyarrow as pa
 from .deid.actions import rows
 from .runs import RUNS_FOLDER, run_folder
 from .storage import retry
-from .tables import read_parts, read_table, write_table
+from .tables import ACTIONS_PART_SCHEMA, read_parts, read_table, write_table
 
 ACTIONS_FILE = "actions.parquet"
-ACTIONS_SCHEMA = pa.schema([
-    ("attribute", pa.string()),
-    ("tag", pa.string()),
-    ("action", pa.string()),
-    ("source", pa.string()),
-    ("count", pa.int64()),
-])
+ACTIONS_SCHEMA = ACTIONS_PART_SCHEMA.remove(ACTIONS_PART_SCHEMA.get_field_index("unit_id"))
 _KEYS = ["attribute", "tag", "action", "source"]
 
 

@@ -25,6 +25,7 @@ from pydicom.valuerep import PersonName
 from .deid import Profile
 from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
 from .deid.rules import edition, resolved_action, safe_private
+from .deid.unlisted import well_known
 from .deid.values import DUMMY_TEXT, dummy
 from .storage import filesystem, retry
 from .tables import read_table
@@ -131,13 +132,15 @@ class Findings:
         for _, tag, vr, raw in _walk(ds):
             if tag >> 16 & 1 or raw is None or vr not in TEXT_VRS:
                 continue
-            action = resolved_action(tag, self.profile)
+            action = resolved_action(tag, self.profile).upper()  # the safety net's letters too
             removed = action in "XZDCU" or (action == "M" and vr in ("DA", "DT") and self.shifting)
             if not removed or vr not in IDENTIFYING_VRS:
                 self.kept.append(raw)
                 continue
             what = pydicom.datadict.keyword_for_tag(tag) or f"{tag:08X}"
             for value in _values(raw):
+                if vr == "UI" and well_known(value.decode("latin-1")):  # kept: the standard defines it
+                    continue
                 self.add(value, what, MIN_UID if vr == "UI" else MIN_PATTERN)
                 if vr == "PN":
                     for part in re.split(rb"[\^=]", value):
