@@ -167,19 +167,19 @@ def resolved_action(tag: int, profile: Profile) -> str:
         return resolve_row(row, profile)
     if group in (0x0000, 0x0004, 0xFFFE) or element == 0x0000 or not is_known_public(tag):
         return "X"
-    return unlisted.action(tag, profile, unlisted.type_in(None, tag) if tag in _unlisted_placed(profile)
-                           else None)
+    placed = _unlisted_placed(profile.unlisted)
+    return unlisted.action(tag, profile, unlisted.type_in(None, tag) if tag in placed else None)
 
 
 @lru_cache(maxsize=64)
 def placed_tags(profile: Profile) -> frozenset[int]:
     """Tags whose action under this profile depends on the object's IOD, so it is never cached by tag."""
-    return typed_tags() | _unlisted_placed(profile)
+    return typed_tags() | _unlisted_placed(profile.unlisted)
 
 
-@lru_cache(maxsize=64)
-def _unlisted_placed(profile: Profile) -> frozenset[int]:
-    return unlisted.placed(profile) - frozenset(_tag_rows())
+@cache
+def _unlisted_placed(mode: str) -> frozenset[int]:
+    return unlisted.placed(mode) - frozenset(_tag_rows())
 
 
 @lru_cache(maxsize=4096)
@@ -190,7 +190,7 @@ def _typed_action(tag: int, profile: Profile, kind: str | None) -> str:
 def action_at(tag: int, profile: Profile, iod: iods.Iod | None, path: tuple[int, ...]) -> str:
     """The action for a tag where it occurs: a compound code follows its type in the object's IOD."""
     if iod is None or tag not in typed_tags():
-        if tag in _unlisted_placed(profile):
+        if tag in _unlisted_placed(profile.unlisted):
             return unlisted.action(tag, profile, unlisted.type_in(iod and iod.sop_class, tag, bool(path)))
         return resolved_action(tag, profile)
     if iod.references and tag in reference_tags():

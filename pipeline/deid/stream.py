@@ -285,6 +285,7 @@ class _Stream(Reader):
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
         last = -1
+        seen = self.seen
         while pos < end:
             if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
                 break
@@ -314,7 +315,8 @@ class _Stream(Reader):
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
                     self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
-                    self._count((tag | 0xFFFF, "X", DROP))
+                    key = (tag | 0xFFFF, "X", DROP)
+                    seen[key] = seen.get(key, 0) + 1
                     pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
                 action, text, counted = "K", False, tag | 0xFFFF  # private ones are counted by group
@@ -327,7 +329,8 @@ class _Stream(Reader):
             chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
-            self._count((counted, action, DROP if chunk is None else op))
+            key = (counted, action, DROP if chunk is None else op)
+            seen[key] = seen.get(key, 0) + 1  # inline: this runs once per element
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
                     self.top[tag] = self._value(chunk, implicit)
@@ -345,9 +348,6 @@ class _Stream(Reader):
         dropped = set(private.orphaned())
         groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
-
-    def _count(self, key: tuple[int, str, str]) -> None:
-        self.seen[key] = self.seen.get(key, 0) + 1
 
     def _action(self, tag: int, path: tuple[int, ...]) -> str:
         action = action_at(tag, self.profile, self.iod, path)

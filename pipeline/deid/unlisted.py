@@ -72,11 +72,12 @@ def typed_tags() -> frozenset[int]:
     return frozenset(int(tag, 16) for module in _data()["modules"] for place in module for tag in place)
 
 
-def placed(profile: Profile) -> frozenset[int]:
-    """Unlisted tags whose action depends on the object's IOD under this profile."""
-    if profile.unlisted == "remove":
+@cache
+def placed(mode: str) -> frozenset[int]:
+    """Unlisted tags whose action depends on the object's IOD under a profile's `unlisted` mode."""
+    if mode == "remove":
         return typed_tags()
-    if profile.unlisted == "keep":
+    if mode == "keep":
         return frozenset()
     return frozenset(tag for tag in typed_tags() if _vr(tag) == "PN")
 
@@ -92,7 +93,6 @@ def _vr(tag: int) -> str:
     return entry[0] if entry else ""
 
 
-@lru_cache(maxsize=16384)
 def action(tag: int, profile: Profile, kind: str | None) -> str:
     """What happens to a known public attribute E.1-1 does not list, of type `kind` in the object's IOD.
 
@@ -100,9 +100,14 @@ def action(tag: int, profile: Profile, kind: str | None) -> str:
     (Type 1), else emptied; a UID is replaced through the UID map unless well known. Other
     attributes stay (K), or, under `--unlisted remove`, go unless the IOD requires them.
     """
-    if profile.unlisted == "keep":
+    return _action(tag, profile.unlisted, kind)
+
+
+@lru_cache(maxsize=16384)
+def _action(tag: int, mode: str, kind: str | None) -> str:
+    if mode == "keep":
         return "K"
-    if profile.unlisted == "remove" and kind is None:
+    if mode == "remove" and kind is None:
         return NET_REMOVE
     vr = _vr(tag)
     if vr == "PN":
