@@ -73,6 +73,8 @@ class _Walk:
         shifting = shifting_dates(self.profile)
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
+            if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters and zero padding
+                continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
             value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
