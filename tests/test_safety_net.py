@@ -167,3 +167,14 @@ def test_generated_unlisted_types_match_the_standard(tmp_path):
                     str(tmp_path)], check=True, capture_output=True)
     shipped = REPO / "pipeline" / "deid" / "data" / "unlisted_types.json"
     assert (tmp_path / "unlisted_types.json").read_bytes() == shipped.read_bytes()
+
+
+def test_command_line_names_the_mode_and_refuses_others(capsys):
+    from pipeline.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["run", "src", "dest", "--tables", "t"]).unlisted == "safety-net"
+    assert parser.parse_args(["run", "src", "dest", "--tables", "t", "--unlisted", "remove"]).unlisted == "remove"
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["run", "src", "dest", "--tables", "t", "--unlisted", "sometimes"])
+    assert refused.value.code == 2 and "invalid choice: 'sometimes'" in capsys.readouterr().err
