@@ -172,9 +172,9 @@ def test_generated_unlisted_types_match_the_standard(tmp_path):
 def test_command_line_names_the_mode_and_refuses_others(capsys):
     from pipeline.cli import _parser
 
-    parser = _parser()
-    assert parser.parse_args(["run", "src", "dest", "--tables", "t"]).unlisted == "safety-net"
-    assert parser.parse_args(["run", "src", "dest", "--tables", "t", "--unlisted", "remove"]).unlisted == "remove"
+    parser, run = _parser(), ["run", "src", "dest", "--tables", "t"]
+    assert parser.parse_args(run).unlisted == "safety-net"
+    assert parser.parse_args([*run, "--unlisted", "remove"]).unlisted == "remove"
     with pytest.raises(SystemExit) as refused:
-        parser.parse_args(["run", "src", "dest", "--tables", "t", "--unlisted", "sometimes"])
+        parser.parse_args([*run, "--unlisted", "sometimes"])
     assert refused.value.code == 2 and "invalid choice: 'sometimes'" in capsys.readouterr().err
