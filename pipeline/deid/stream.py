@@ -139,8 +139,9 @@ def _int(text: str) -> int | None:
 def _actions(profile: Profile) -> dict[int, str]:
     """Resolved actions by tag, filled as tags are met and kept for every later file.
 
-    Tags with compound codes are not kept here: their action depends on the object's IOD and the
-    sequence path, and `rules.action_at` caches it by the attribute's type there.
+    Tags with compound codes, and unlisted ones the safety net decides by type (`rules.placed_tags`),
+    are not kept here: their action depends on the object's IOD and the sequence path, and
+    `rules.action_at` caches it by the attribute's type there.
     """
     return {}
 
