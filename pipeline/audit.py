@@ -26,6 +26,7 @@ from .deid import Profile
 from .deid.clean import CLEANED_VRS
 from .deid.markers import PRIVATE_KEPT_NOTE, options_used, package_version
 from .deid.rules import edition, resolved_action, safe_private, unlisted_free_text
+from .deid.unlisted import well_known
 from .deid.values import DUMMY_TEXT, dummy
 from .storage import filesystem, retry
 from .tables import read_table
@@ -132,7 +133,7 @@ class Findings:
         for _, tag, vr, raw in _walk(ds):
             if tag >> 16 & 1 or raw is None or vr not in TEXT_VRS:
                 continue
-            action = resolved_action(tag, self.profile)
+            action = resolved_action(tag, self.profile).upper()  # the safety net's letters too
             if action == "C" and vr in CLEANED_VRS:  # cleaned text keeps its words, minus other values
                 if unlisted_free_text(tag):  # the safety net's: kept as before it was cleaned
                     self.kept.append(raw)
@@ -143,6 +144,8 @@ class Findings:
                 continue
             what = pydicom.datadict.keyword_for_tag(tag) or f"{tag:08X}"
             for value in _values(raw):
+                if vr == "UI" and well_known(value.decode("latin-1")):  # kept: the standard defines it
+                    continue
                 self.add(value, what, MIN_UID if vr == "UI" else MIN_PATTERN)
                 if vr == "PN":
                     for part in re.split(rb"[\^=]", value):

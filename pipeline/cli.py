@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .deid import FLAGS
 from .deid.keys import SECRET_ENV
+from .deid.profile import UNLISTED_MODES
 from .secret import SECRET_FILE_ENV
 
 DEMO_ROOT = Path("dicom-deid-output")
@@ -181,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     profile = run.add_argument_group("profile options (PS3.15 Annex E; with none: the Basic Profile)")
     for name in FLAGS:
         profile.add_argument(_flag(name), dest=name, action="store_true", help=PROFILE_HELP[name])
+    profile.add_argument("--unlisted", choices=UNLISTED_MODES, default="safety-net",
+                         help="attributes Table E.1-1 does not list: safety-net empties person names and "
+                              "replaces UIDs; remove also removes every one the IOD does not require; keep "
+                              "leaves them to the table alone")
 
     scan = commands.add_parser("scan", usage=USAGES["scan"], formatter_class=_Help,
                                help="list and scan SOURCE; write the inventory table")
@@ -347,6 +352,8 @@ def _run(args: argparse.Namespace) -> int:
     shard = job.parse_shard(args.shard) if args.shard else None
     secret = _locations_and_secret(args)
     flags = {name: True for name in FLAGS if getattr(args, name)}
+    if args.unlisted != "safety-net":
+        flags["unlisted"] = args.unlisted
     if shard and args.scheduler:
         raise UsageError("--shard runs its share on its own embedded cluster: leave out --scheduler")
     with _client(args) as client:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydicom.datadict import keyword_for_tag
 
+from .actions import unit_rows
 from .deid import DeidError, Profile
 from .deid.stream import deidentify_bytes
 from .outputs import store
@@ -63,6 +64,7 @@ class _Outcome(NamedTuple):
     quarantine: dict | None
     uids: list[dict]
     index: dict | None
+    actions: Counter | None = None  # (tag, action code, operation) -> count, for written objects
 
 
 def marker_path(tables_path: str, unit_id: str) -> str:
@@ -153,7 +155,7 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
              "size": len(out), "key": key}
     manifest = {"source_url": row["url"], "status": "written", "output_key": key, "reason": None,
                 "source_size": row["size"], "output_size": len(out), "unit_id": unit_id}
-    return _Outcome(manifest, None, uids, index), out
+    return _Outcome(manifest, None, uids, index, result.actions), out
 
 
 def _duplicate_of_written(row: dict, outcomes: list[_Outcome], unit_id: str) -> _Outcome | None:
@@ -186,7 +188,7 @@ def _reporter(unit: Unit, every: float) -> Callable[[int, int], None]:
     return report
 
 
-def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
+def _unit_tables(outcomes: list[_Outcome], unit_id: str) -> dict[str, list[dict]]:
     """The unit's rows of each table; a UID seen by several objects is mapped once."""
     uids: dict[str, dict] = {}
     for outcome in outcomes:
@@ -195,7 +197,8 @@ def _unit_tables(outcomes: list[_Outcome]) -> dict[str, list[dict]]:
     return {"manifest": [o.manifest for o in outcomes],
             "quarantine": [o.quarantine for o in outcomes if o.quarantine],
             "index": [o.index for o in outcomes if o.index],
-            "uid_map": list(uids.values())}
+            "uid_map": list(uids.values()),
+            "actions": unit_rows((o.actions for o in outcomes if o.actions and o.index), unit_id)}
 
 
 def run_unit(unit: Unit, settings: Settings) -> dict:
@@ -246,7 +249,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
                 settle()
         while writes:
             settle()
-        tables = _unit_tables(outcomes)
+        tables = _unit_tables(outcomes, unit.unit_id)
         list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
                       tables))
     stats = {"unit_id": unit.unit_id, "objects": len(outcomes),

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .actions import write_run_actions
 from .runs import CHANGES, RUN_SCHEMA, SHARDS_FOLDER, RunInfo, close_run, planned_rows, stored_runs
 from .storage import filesystem, retry
 from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
@@ -144,6 +145,9 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
     compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done, past.index)
     open_runs = {number for unit, number in past.unit_run.items() if unit not in done}
     for info in past.runs:
+        if not info.closed:  # closed runs summed their actions when they closed
+            units = {unit for unit, number in past.unit_run.items() if number == info.number}
+            write_run_actions(tables_fs, tables_path, info.number, units & done)
         if not info.closed and info.number not in open_runs:
             close_run(tables_fs, tables_path, info.number)
     elapsed = max(run["elapsed"], 1e-9)

@@ -94,6 +94,11 @@ class RunResult:
         """This job's index of DEST: new UIDs, modality, SOP class, size and key of each output."""
         return load_table(self, "index")
 
+    def actions(self, run: int | None = None) -> pd.DataFrame:
+        """What happened to each attribute (attribute, tag, action, source, count) in the objects written
+        by one run, or by every run with a `run` column (private, like the other tables)."""
+        return load_table(self, "actions", run=run)
+
     @property
     def error_rate(self) -> float:
         return self.quarantined / self.objects if self.objects else 0.0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from .actions import read_actions
 from .finalize import index_path
 from .storage import filesystem
 from .tables import INDEX_SCHEMA, PART_SCHEMAS, read_table
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from .job import RunResult
 
-TABLE_HELP = "result.manifest(), .quarantine(), .uid_map(), .index()"
+TABLE_HELP = "result.manifest(), .quarantine(), .uid_map(), .index(), .actions()"
 _OK, _NOT_OK = "#1a7f37", "#cf222e"
 
 
@@ -123,14 +124,20 @@ def result_html(result: RunResult) -> str:
             f"{html.escape(_verdict(result))}</span><table>{rows}</table></div>")
 
 
-def load_table(result: RunResult, name: str) -> pd.DataFrame:
-    """One of the run's tables (manifest, quarantine, uid_map from TABLES; index from DEST) as a DataFrame."""
+def load_table(result: RunResult, name: str, run: int | None = None) -> pd.DataFrame:
+    """One of the run's tables (manifest, quarantine, uid_map, actions of `run` or of every run from
+    TABLES; index from DEST) as a DataFrame."""
     try:
         import pandas as pd
     except ImportError as exc:
         raise ImportError("loading tables needs pandas: pip install 'dicom-deid[notebook]'") from exc
     if result.dry_run:
         raise ValueError("a dry run writes no tables")
+    # Nullable columns stay integers and strings (<NA>), not floats and objects.
+    types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}
+    if name == "actions":
+        fs, tables_path = filesystem(result.tables, result.storage_options)
+        return read_actions(fs, tables_path, run).to_pandas(types_mapper=types.get)
     if name == "index":
         fs, dest_path = filesystem(result.dest, result.storage_options)
         path, schema = index_path(dest_path, result.tables), INDEX_SCHEMA
@@ -139,6 +146,4 @@ def load_table(result: RunResult, name: str) -> pd.DataFrame:
         path, schema = f"{tables_path}/{name}.parquet", PART_SCHEMAS[name]
     if not fs.exists(path):
         raise FileNotFoundError(f"no {name} table at {path}: the run did not finish its tables")
-    # Nullable columns stay integers and strings (<NA>), not floats and objects.
-    types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}
     return read_table(fs, path, schema).to_pandas(types_mapper=types.get)

@@ -52,8 +52,17 @@ INDEX_SCHEMA = pa.schema([
     ("size", pa.int64()),
     ("key", pa.string()),
 ])
+# What happened to each attribute in a unit's written objects (pipeline/actions.py sums them per run).
+ACTIONS_PART_SCHEMA = pa.schema([
+    ("attribute", pa.string()),
+    ("tag", pa.string()),
+    ("action", pa.string()),
+    ("source", pa.string()),
+    ("count", pa.int64()),
+    ("unit_id", pa.string()),
+])
 PART_SCHEMAS = {"uid_map": UID_MAP_SCHEMA, "manifest": MANIFEST_SCHEMA,
-                "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA}
+                "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA, "actions": ACTIONS_PART_SCHEMA}
 ROW_GROUP_ROWS = 100_000
 _READ_BATCH = 256
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")
@@ -141,6 +150,13 @@ def _read_parts(fs, paths: list[str]) -> Iterator[pa.Table]:
             batch = paths[start:start + _READ_BATCH]
             for content in pool.map(lambda path: retry(fs.cat_file, path), batch):
                 yield pq.read_table(io.BytesIO(content))
+
+
+def read_parts(fs, tables_path: str, name: str, units: set[str]) -> pa.Table:
+    """The parts of table `name` written by `units`, as one table."""
+    paths = [p for p in _parts(fs, tables_path, name) if p.rsplit("/", 1)[-1][:-len(".parquet")] in units]
+    schema = PART_SCHEMAS[name]
+    return pa.concat_tables([schema.empty_table(), *(part.cast(schema) for part in _read_parts(fs, paths))])
 
 
 def compact(fs, tables_path: str, name: str, out_fs, out_path: str, units: set[str] | None = None,

@@ -173,10 +173,12 @@ def test_hostile_and_broken_files_fail_fast_with_the_typed_error():
 
 
 PROFILES = [Profile(), Profile(retain_long_modified_dates=True, retain_safe_private=True),
-            Profile(retain_private_tags=True, clean_descriptions=True, retain_uids=True)]
+            Profile(retain_private_tags=True, clean_descriptions=True, retain_uids=True),
+            Profile(unlisted="remove")]
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=["basic", "dates+safe-private", "private+uids"])
+@pytest.mark.parametrize("profile", PROFILES, ids=["basic", "dates+safe-private", "private+uids",
+                                                   "unlisted-remove"])
 def test_both_walkers_agree(profile):
     """The byte walker and the dataset walker give the same content, UID map and refusals."""
     fast = 0
@@ -201,4 +203,5 @@ def test_both_walkers_agree(profile):
         assert values(a.file_meta) == values(b.file_meta), row["path"]
         assert (slow.uid_map, slow.uid_attributes) == (result.uid_map, result.uid_attributes)
         assert result.header == header_of(slow.dataset), row["path"]
+        assert result.actions == slow.actions, row["path"]
     assert fast >= 400

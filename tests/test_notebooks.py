@@ -59,7 +59,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(widgets) == 3  # headers read, then the objects and bytes de-identified
     pages = [_joined(o.get("data", {}).get("text/html", "")) for o in outputs]
     assert any("<strong>RunResult</strong>" in page for page in pages)
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the run, and actions per attribute
     assert len(list(tmp_path.rglob("deidentified/**/*.dcm"))) == 118
 
 

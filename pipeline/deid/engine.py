@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -27,6 +28,7 @@ from .operations import (
     EMPTY,
     KEEP,
     MAX_DEPTH,
+    NEW_UIDS,
     SHIFT,
     UIDS,
     WALK,
@@ -37,6 +39,7 @@ from .operations import (
     operation,
     orphaned_overlay_groups,
     patient_identity,
+    settled,
     shifting_dates,
 )
 from .profile import Profile, resolve
@@ -60,6 +63,7 @@ class _Walk:
     iod: Iod | None  # what decides compound codes
     guard: Guard
     pending: list[tuple[Dataset, int, str, bytes, bool]] = field(default_factory=list)  # text to clean
+    seen: Counter = field(default_factory=Counter)  # (tag, action, what was done) -> how often
 
     def items(self, source: Dataset, depth: int, inner: str, path: tuple[int, ...] = ()) -> Dataset:
         """A new dataset holding what survives of `source`, each element by its own action.
@@ -78,23 +82,29 @@ class _Walk:
         values = self._content_item(source) if content_item else {}
         for tag in source.keys():
             elem = source.get_item(tag, keep_deferred=True)
+            if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters and zero padding
+                continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
             value = partial(element_value, elem, self.charset)
             if tag.is_private:
                 if not private.keeps(tag, lambda e=elem: _text(e)):
                     self.guard.note(tag, DROP, _vr(elem), value)
+                    self.seen[tag | 0xFFFF, "X", DROP] += 1
                     continue
-                action, text = "K", WALK
+                action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
             elif tag in values:  # a content item's value, by its concept: exactly that action
-                action, text = values[tag], WALK
+                action, text, counted = values[tag], WALK, int(tag)
             else:
-                action, text = action_at(tag, self.profile, self.iod, path), inner
+                action, text, counted = action_at(tag, self.profile, self.iod, path), inner, int(tag)
             op = operation(action, _vr(elem), text, shifting)
+            if op == NEW_UIDS:
+                op = settled(_text(elem))
             new = self._element(elem, op, depth, path)
             if op == CLEAN:
                 self.pending.append((out, tag, _vr(elem), element_value(elem, self.charset),
                                      needs_value(self.iod, tag, path)))
             if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, _vr(elem), value)
+            self.seen[counted, action, DROP if new is None else op] += 1
             if new is not None:
                 out[tag] = new
         for tag in private.orphaned():
@@ -113,8 +123,8 @@ class _Walk:
             return self._keep(elem)
         if op == EMPTY:
             return DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
-        if op == UIDS:
-            new = self.uids.map(tag, _text(elem))
+        if op in (UIDS, NEW_UIDS):
+            new = self.uids.map(tag, _text(elem), op == NEW_UIDS)
             return DataElement(tag, vr, new[0] if len(new) == 1 else new)
         if op == SHIFT:
             return DataElement(tag, vr, shift(vr, _text(elem), self.shift_days))
@@ -237,11 +247,13 @@ def _refuse_unusable(ds: Dataset) -> None:
 
 
 class Result(NamedTuple):
-    """A de-identified dataset, original UID -> new UID, and original UID -> tag it came from."""
+    """A de-identified dataset, original UID -> new UID, original UID -> tag it came from, and how
+    often each (tag, action code, operation) occurred (see actions.py)."""
 
     dataset: FileDataset
     uid_map: dict[str, str]
     uid_attributes: dict[str, int]
+    actions: Counter
 
 
 def apply(dataset: Dataset, profile: Profile | None = None, *,
@@ -275,4 +287,4 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
     out = FileDataset("", body, preamble=b"\0" * 128, file_meta=meta)
     out.set_original_encoding(*body.original_encoding, body.original_character_set)
-    return Result(out, walk.uids.uid_map, walk.uids.uid_attributes)
+    return Result(out, walk.uids.uid_map, walk.uids.uid_attributes, walk.seen)

@@ -21,6 +21,7 @@ class Iod(NamedTuple):
 
     table: int  # its IOD's types in the package data
     references: bool  # it lists the instances it references in a Referenced Series Sequence
+    sop_class: str = ""  # which also decides attributes the table does not list (unlisted.py)
 
 
 @cache
@@ -39,7 +40,7 @@ def _table(iod: int) -> dict[int, dict[tuple[int, ...], str]]:
 def iod_for(sop_class: str | None, references: bool = False) -> Iod | None:
     """An object's IOD by its SOP Class UID; None for a class the standard's tables do not know."""
     table = _data()["sop_classes"].get(sop_class) if sop_class else None
-    return None if table is None else Iod(table, references)
+    return None if table is None else Iod(table, references, sop_class or "")
 
 
 def typed_tags() -> frozenset[int]:

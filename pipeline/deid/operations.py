@@ -10,11 +10,13 @@ from .errors import DeidError
 from .keys import new_uid
 from .profile import Profile
 from .rules import safe_private
+from .unlisted import NET_UIDS, well_known
 from .values import DATE_VRS, FREE_TEXT_VRS
 
 DROP, KEEP, EMPTY, DUMMY, BLANK, UIDS, SHIFT, WALK, WALK_DUMMY = (
     "drop", "keep", "empty", "dummy", "blank", "uids", "shift", "walk", "walk-dummy")
 CLEAN, WALK_CLEAN = "clean", "walk-clean"  # text cleaned (clean.py); a sequence whose text is cleaned
+NEW_UIDS = "new-uids"  # the safety net's UIDS: well-known UIDs stay (see `settled`)
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # Code Value, Coding Scheme Designator and Version (SH), Long and URN Code Values (UC, UR): in a
 # cleaned sequence these are codes of a coding scheme, kept as they are (their digit runs are no IDs).
@@ -37,8 +39,13 @@ def operation(action: str, vr: str, inner: str, shifting: bool) -> str:
     `inner` is the operation of the sequence the element is in (WALK at the top level). Inside a
     sequence replaced by D (WALK_DUMMY), free text that no rule names is dummied, since the
     standard lists nothing for, e.g., an SR Content Sequence's Text Value; inside one the profile
-    cleans (C: WALK_CLEAN), such long text is cleaned and names are dummied, codes kept.
+    cleans (C: WALK_CLEAN), such long text is cleaned and names are dummied, codes kept. The safety
+    net's lower-case actions (unlisted.py) read as the table's upper-case ones.
     """
+    if action.islower():
+        if action == NET_UIDS:
+            return NEW_UIDS if vr == "UI" else DROP
+        action = action.upper()
     if action == "X":
         return DROP
     if vr == "SQ":  # U is a required reference sequence (X/Z/U*): kept, its UIDs replaced by theirs
@@ -72,6 +79,12 @@ def operation(action: str, vr: str, inner: str, shifting: bool) -> str:
     if action == "C" and vr in CLEANED_VRS and inner != WALK_DUMMY:
         return CLEAN
     return DUMMY
+
+
+def settled(text: str) -> str:
+    """The safety net's NEW_UIDS, or KEEP for a value holding only well-known UIDs."""
+    uids = [uid.strip(" \0") for uid in text.split("\\")]
+    return KEEP if all(well_known(uid) or not uid for uid in uids) else NEW_UIDS
 
 
 class PrivateBlocks:
@@ -121,10 +134,13 @@ class UidMapper:
     uid_map: dict[str, str] = field(default_factory=dict)
     uid_attributes: dict[str, int] = field(default_factory=dict)
 
-    def map(self, tag: int, value: str) -> list[str]:
+    def map(self, tag: int, value: str, keep_known: bool = False) -> list[str]:
+        """New UIDs for a value's UIDs; with `keep_known`, well-known ones stay as they are."""
         new = []
         for uid in (v.strip(" \0") for v in value.split("\\")):
-            if uid:
+            if keep_known and well_known(uid):
+                new.append(uid)
+            elif uid:
                 if not uid.isascii():
                     raise DeidError("malformed", f"a UID of {name(tag)} holds bytes outside ASCII")
                 if uid not in self.uid_map:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+# What happens to attributes Table E.1-1 does not list: the safety net (person names emptied, UIDs
+# replaced, see unlisted.py), `remove` (also every one the IOD does not require), or `keep` (the
+# table alone, as the standard's Basic Profile has it).
+UNLISTED_MODES = ("safety-net", "remove", "keep")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -20,14 +25,18 @@ class Profile:
     clean_graphics: bool = False
     retain_private_tags: bool = False
     retain_safe_private: bool = False
+    unlisted: str = "safety-net"
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if not isinstance(getattr(self, f.name), bool):
-                raise TypeError(f"profile flag {f.name} must be True or False")
+        for name in FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"profile flag {name} must be True or False")
+        if self.unlisted not in UNLISTED_MODES:
+            raise ValueError(f"unlisted must be one of {', '.join(UNLISTED_MODES)}, not {self.unlisted!r}")
 
 
-FLAGS: tuple[str, ...] = tuple(f.name for f in fields(Profile))
+# The boolean options; `unlisted` is a setting of its own.
+FLAGS: tuple[str, ...] = tuple(f.name for f in fields(Profile) if f.name != "unlisted")
 
 
 def basic_profile() -> Profile:
@@ -37,7 +46,7 @@ def basic_profile() -> Profile:
 
 def resolve(profile: Profile | None, flags: dict[str, bool]) -> Profile:
     """Merge flags given directly over a profile; an unknown flag is an error that names it."""
-    unknown = sorted(set(flags) - set(FLAGS))
+    unknown = sorted(set(flags) - {*FLAGS, "unlisted"})
     if unknown:
         raise TypeError(f"unknown profile flag(s): {', '.join(unknown)}; known: {', '.join(FLAGS)}")
     return replace(profile or basic_profile(), **flags)

@@ -7,10 +7,10 @@ import re
 from functools import cache, lru_cache
 from importlib import resources
 
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, get_entry, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, get_entry, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
-from . import iods
+from . import iods, unlisted
 from .profile import Profile
 
 # The option column each profile flag switches on (retain_private_tags has none: it is ours).
@@ -107,6 +107,11 @@ def _row_for(tag: int) -> dict[str, str] | None:
     return _tag_rows().get(tag)
 
 
+def is_listed(tag: int) -> bool:
+    """Whether Table E.1-1 has a row for the tag (its repeating and private groups included)."""
+    return _row_for(tag) is not None
+
+
 @cache
 def description_tags() -> frozenset[int]:
     """Attributes the Clean Descriptors option cleans: descriptions, whose text is no identity."""
@@ -160,22 +165,27 @@ def is_known_public(tag: int) -> bool:
 
 @lru_cache(maxsize=65536)
 def resolved_action(tag: int, profile: Profile) -> str:
-    """The action for a tag, beyond the table too: command, group-length, 0004 and unknown tags go."""
+    """The action for a tag, beyond the table too: command, group-length, 0004 and unknown tags go,
+    and the safety net decides the known attributes the table does not list (as optional ones)."""
     group, element = tag >> 16, tag & 0xFFFF
     row = _row_for(tag)
     if row is not None:
         return resolve_row(row, profile)
     if group in (0x0000, 0x0004, 0xFFFE) or element == 0x0000 or not is_known_public(tag):
         return "X"
-    if unlisted_free_text(tag):
-        return "C"
-    return "K"
+    placed = _unlisted_placed(profile.unlisted)
+    return unlisted.action(tag, profile, unlisted.type_in(None, tag) if tag in placed else None)
 
 
-# Safety net, free-text part (issue 8): text the table does not list may still name someone, so it
-# is cleaned as Clean Descriptors cleans: long text (LT, ST, UT, UC) and coded entries' meanings.
-NET_CLEANED_VRS = frozenset({"LT", "ST", "UT", "UC"})
-CODE_MEANING = 0x00080104
+@lru_cache(maxsize=64)
+def placed_tags(profile: Profile) -> frozenset[int]:
+    """Tags whose action under this profile depends on the object's IOD, so it is never cached by tag."""
+    return typed_tags() | _unlisted_placed(profile.unlisted)
+
+
+@cache
+def _unlisted_placed(mode: str) -> frozenset[int]:
+    return unlisted.placed(mode) - frozenset(_tag_rows())
 
 
 def needs_value(iod: iods.Iod | None, tag: int, path: tuple[int, ...]) -> bool:
@@ -186,12 +196,7 @@ def needs_value(iod: iods.Iod | None, tag: int, path: tuple[int, ...]) -> bool:
 
 def unlisted_free_text(tag: int) -> bool:
     """Whether an attribute Table E.1-1 does not list is free text that the safety net cleans."""
-    if tag in _tag_rows():
-        return False
-    try:
-        return tag == CODE_MEANING or dictionary_VR(tag) in NET_CLEANED_VRS
-    except KeyError:
-        return False
+    return tag not in _tag_rows() and unlisted.free_text(tag)
 
 
 @lru_cache(maxsize=4096)
@@ -202,6 +207,8 @@ def _typed_action(tag: int, profile: Profile, kind: str | None) -> str:
 def action_at(tag: int, profile: Profile, iod: iods.Iod | None, path: tuple[int, ...]) -> str:
     """The action for a tag where it occurs: a compound code follows its type in the object's IOD."""
     if iod is None or tag not in typed_tags():
+        if tag in _unlisted_placed(profile.unlisted):
+            return unlisted.action(tag, profile, unlisted.type_in(iod and iod.sop_class, tag, bool(path)))
         return resolved_action(tag, profile)
     if iod.references and tag in reference_tags():
         return _typed_action(tag, profile, "R")
@@ -216,7 +223,8 @@ def action_for(tag: Name, profile: Profile | None = None, sop_class: str | None 
     """The resolved action code (one of D Z X K C U M) for an attribute under a profile.
 
     With the object's SOP Class UID, and the sequences above the attribute (outermost first),
-    compound codes resolve by the attribute's type there; without them, to their first code.
+    compound codes resolve by the attribute's type there; without them, to their first code. An
+    attribute the table does not list gets the safety net's code (see unlisted.py), upper-cased.
     """
     return action_at(int(to_tag(tag)), profile or Profile(), iods.iod_for(sop_class),
-                     tuple(int(to_tag(t)) for t in path))
+                     tuple(int(to_tag(t)) for t in path)).upper()

@@ -8,6 +8,7 @@ same strict structure check (`parse`), which decides or refuses with the reason.
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache, lru_cache
 from struct import pack, unpack_from
 from typing import NamedTuple
@@ -35,6 +36,7 @@ from .operations import (
     EMPTY,
     KEEP,
     MAX_DEPTH,
+    NEW_UIDS,
     SHIFT,
     UIDS,
     WALK,
@@ -45,11 +47,12 @@ from .operations import (
     operation,
     orphaned_overlay_groups,
     patient_identity,
+    settled,
     shifting_dates,
 )
 from .parse import parse, serialize
 from .profile import Profile
-from .rules import action_at, needs_value, typed_tags
+from .rules import action_at, needs_value, placed_tags
 from .structure import (
     DICOMDIR_SOP_CLASS,
     ITEM,
@@ -90,6 +93,7 @@ class FileResult(NamedTuple):
     uid_attributes: dict[str, int]
     fast: bool
     header: dict[str, str | int | None]  # HEADER's keywords -> the output's values
+    actions: Counter  # (tag, action code, operation) -> how often, see actions.py
 
 
 class _Unsupported(Exception):
@@ -129,7 +133,7 @@ def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | Non
         except (_Unsupported, UnicodeError):
             result = deidentify(parse(data), profile, secret=key)
             return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
-                              header_of(result.dataset))
+                              header_of(result.dataset), result.actions)
     except DeidError:
         raise
     except RecursionError as exc:
@@ -163,8 +167,9 @@ def _int(text: str) -> int | None:
 def _actions(profile: Profile) -> dict[int, str]:
     """Resolved actions by tag, filled as tags are met and kept for every later file.
 
-    Tags with compound codes are not kept here: their action depends on the object's IOD and the
-    sequence path, and `rules.action_at` caches it by the attribute's type there.
+    Tags with compound codes, and unlisted ones the safety net decides by type (`rules.placed_tags`),
+    are not kept here: their action depends on the object's IOD and the sequence path, and
+    `rules.action_at` caches it by the attribute's type there.
     """
     return {}
 
@@ -232,6 +237,8 @@ class _Stream(Reader):
         self.shifting = shifting_dates(profile)
         self.shift_days: int | None = None
         self.actions = _actions(profile)
+        self.placed = placed_tags(profile)
+        self.seen: Counter = Counter()  # (tag, action, what was done) -> how often; see actions.py
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
         self.guard = Guard(profile)
         self.pending: list[_Pending] = []
@@ -262,7 +269,7 @@ class _Stream(Reader):
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
                         *(c if isinstance(c, bytes | memoryview) else b"".join(_flat(c)) for _, c in body)])
-        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header)
+        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header, self.seen)
 
     def _header(self) -> dict[str, str | int | None]:
         """HEADER's output values decoded as pydicom would give them (one value each)."""
@@ -325,6 +332,7 @@ class _Stream(Reader):
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
         last = -1
+        seen = self.seen
         while pos < end:
             if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
                 break
@@ -354,18 +362,24 @@ class _Stream(Reader):
             if tag >> 16 & 1:
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
                     self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
+                    key = (tag | 0xFFFF, "X", DROP)
+                    seen[key] = seen.get(key, 0) + 1
                     pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                     continue
-                action, text = "K", WALK
+                action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
             else:
                 action = self.actions.get(tag) or self._action(tag, path)
-                text = inner
+                text, counted = inner, tag
             op = operation(action, known, text, self.shifting)
             if op == WALK_CLEAN and self.structured and tag in STRUCTURED_SEQUENCES:
                 raise _Unsupported
+            if op == NEW_UIDS:
+                op = settled(self.data[start:stop].decode("latin-1"))
             chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                 self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
+            key = (counted, action, DROP if chunk is None else op)
+            seen[key] = seen.get(key, 0) + 1  # inline: this runs once per element
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
                     self.top[tag] = chunk if isinstance(chunk, _Pending) else self._value(chunk, implicit)
@@ -391,7 +405,7 @@ class _Stream(Reader):
 
     def _action(self, tag: int, path: tuple[int, ...]) -> str:
         action = action_at(tag, self.profile, self.iod, path)
-        if tag not in typed_tags():
+        if tag not in self.placed:
             self.actions[tag] = action
         return action
 
@@ -437,8 +451,8 @@ class _Stream(Reader):
             self.pending.append(pending)
             return pending, after
         text = self.data[start:stop].decode("latin-1")
-        if op == UIDS:
-            return _element(tag, known, "\\".join(self.uids.map(tag, text)), implicit), after
+        if op in (UIDS, NEW_UIDS):
+            return _element(tag, known, "\\".join(self.uids.map(tag, text, op == NEW_UIDS)), implicit), after
         if op == SHIFT:
             return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
         raise AssertionError(op)
