@@ -74,8 +74,8 @@ class Guard:
             if tag in PIXEL_TAGS:
                 return
             raw = value()
-            explains = vr in EXPLAINING_VRS and _printable(raw)
-            if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
+            if (vr in EXPLAINING_VRS and len(raw) <= MAX_EXPLAINING
+                    and (not tag >> 16 & 1 or self.private_explains) and _printable(raw)):
                 self.explaining.append(raw)
             if (tag >> 16 & 1 or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
                 self.opaque.append(raw)
