@@ -98,7 +98,9 @@ def _multiplicity(tag: int) -> int | None:
 def conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] | None:
     """`values.nonconforming` for a kept element; Specific Character Set is read as pydicom reads it
     ('ISO-IR 100', 'GB18030' with NUL padding), since dropping it would change every text's meaning."""
-    return nonconforming("LO" if tag == SPECIFIC_CHARACTER_SET else vr, raw, multiplicity(tag))
+    if tag == SPECIFIC_CHARACTER_SET:
+        return nonconforming("LO", raw)
+    return nonconforming(vr, raw, multiplicity(tag) if vr in BINARY_VRS else None)  # VM counts binary values
 
 
 def looks_explicit(data: bytes, pos: int) -> bool:

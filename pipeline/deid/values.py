@@ -96,6 +96,17 @@ _TEXT = {**dict.fromkeys(("LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS
 _CLASSES = {vr: bytes(b if b == 0x5C else 0x61 if b in allowed else 0 for b in range(256))
             for vr, (allowed, _) in _REPERTOIRE.items()}
 _TOO_LONG = {vr: b"a" * (longest + 1) for vr, (_, longest) in _REPERTOIRE.items()}
+# One match that says a short value conforms, read in place (no copy): the common case. A value it
+# does not match, or a longer one (contour data), goes through the checks below, which say why.
+_PAD = rb"[\0 ]*"
+_CONFORMING = {
+    **{vr: re.compile(rb"%s(?:\\%s)*%s" % (value, value, _PAD))
+       for vr, (allowed, longest) in _REPERTOIRE.items() if vr != "AS"
+       for value in [rb"[%s]{0,%d}" % (re.escape(allowed), longest)]},
+    **{vr: re.compile(rb"[^%s]*%s" % (controls.pattern[1:-1], _PAD)) for vr, controls in _TEXT.items()
+       if vr not in _REPERTOIRE},
+}
+QUICK_LENGTH = 256
 _SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
           "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
@@ -118,6 +129,9 @@ def nonconforming(vr: str, raw: bytes | memoryview, most: int | None = None) -> 
         return None
     controls = _TEXT.get(vr)
     if controls is None:
+        return None
+    quick = _CONFORMING.get(vr)
+    if quick is not None and len(raw) <= QUICK_LENGTH and quick.fullmatch(raw):
         return None
     text = bytes(raw).rstrip(b"\0 ")
     repertoire = _REPERTOIRE.get(vr)
