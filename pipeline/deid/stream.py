@@ -279,16 +279,18 @@ class _Stream(Reader):
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private = PrivateBlocks(self.profile)
         last = -1
+        data, view, read_header, note = self.data, self.view, self.read_header, self.guard.note
         while pos < end:
-            if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
+            if depth == 0 and data[pos] == 0 and self.padding(pos, end):
                 break
-            tag, vr, start, stop = self.read_header(pos, implicit, end)
-            if tag == ITEM_END and limit is None:
-                pos = start
-                break
-            if self.stray(pos, tag, stop, depth):
-                pos = stop
-                continue
+            tag, vr, start, stop = read_header(pos, implicit, end)
+            if tag >> 16 == 0xFFFE:  # an item or a delimiter: the end of this item, stray or misplaced
+                if tag == ITEM_END and limit is None:
+                    pos = start
+                    break
+                if self.stray(pos, tag, stop, depth):
+                    pos = stop
+                    continue
             if tag <= last or tag >> 16 == 0xFFFE:
                 self.order(pos, tag, last)
             if depth == 0 and tag == DIRECTORY_RECORDS:
@@ -315,9 +317,12 @@ class _Stream(Reader):
                 action = self.actions.get(tag) or self._action(tag, path)
                 text = dummy_text
             op = operation(action, known, text, self.shifting)
-            chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
+            if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
+                chunk, after = self._keep(tag, vr, known, pos, start, stop, implicit), stop
+            else:
+                chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
-                self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
+                note(tag, op, known, lambda s=start, e=stop: view[s:e])
             if chunk is not None:
                 if depth == 0 and tag in HEADER:
                     self.top[tag] = self._value(chunk, implicit)
@@ -359,15 +364,7 @@ class _Stream(Reader):
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
             return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
         after = self.past(known, start, stop, implicit or vr == "UN", depth)
-        if op == KEEP:
-            if stop is not None and (problem := conformance(tag, known, self.view[start:stop])):
-                if problem[0]:
-                    raise malformed(pos, f"{name(tag)}: {problem[1]}")
-                return None, after
-            if stop is not None and (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
-                pad = b" " if known in SPACE_PADDED else b"\0"
-                head = _header(tag, vr or known, stop - start + 1, implicit)
-                return head + self.data[start:stop] + pad, after
+        if op == KEEP:  # an undefined length here is encapsulated Pixel Data, kept whole
             return self.view[pos:after], after
         if op == DROP:
             return None, after
@@ -383,6 +380,19 @@ class _Stream(Reader):
         if op == SHIFT:
             return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
         raise AssertionError(op)
+
+    def _keep(self, tag: int, vr: str | None, known: str, pos: int, start: int, stop: int,
+              implicit: bool) -> bytes | memoryview | None:
+        """A kept element of defined length as it is, padded to even length, or None when its value
+        does not conform to its VR (refused where that means the structure is broken)."""
+        if problem := conformance(tag, known, self.view[start:stop]):
+            if problem[0]:
+                raise malformed(pos, f"{name(tag)}: {problem[1]}")
+            return None
+        if (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
+            pad = b" " if known in SPACE_PADDED else b"\0"
+            return _header(tag, vr or known, stop - start + 1, implicit) + self.data[start:stop] + pad
+        return self.view[pos:stop]
 
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
                dummy_text: bool, path: tuple[int, ...]) -> tuple[bytes, int]:

@@ -29,6 +29,8 @@ SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS
                        "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 BINARY_VRS = frozenset({"AT", "FL", "FD", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV",
                         "UL", "US", "UV"})
+# An explicit VR header's two VR bytes -> the VR and whether a 4-byte length follows them.
+_VR_CODES = {vr.encode(): (vr, vr in LONG_VRS) for vr in SHORT_VRS | LONG_VRS}
 MAX_ELEMENTS_ENV = "DICOM_DEID_MAX_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 200_000
 
@@ -117,7 +119,8 @@ class Reader:
     def __init__(self, data: bytes, little: bool = True, limit: int | None = None) -> None:
         self.data = data
         order = "<" if little else ">"
-        self._tag, self._u16, self._u32 = (Struct(order + f).unpack_from for f in ("HH", "H", "I"))
+        self._u32 = Struct(order + "I").unpack_from
+        self._implicit, self._explicit = (Struct(order + f).unpack_from for f in ("HHI", "HH2sH"))
         self.elements = 0
         self.max_elements = max_elements() if limit is None else limit
 
@@ -130,20 +133,22 @@ class Reader:
         data = self.data
         if pos + 8 > limit:
             raise self._overrun(pos, pos + 8, "an element header", limit)
-        group, element = self._tag(data, pos)
-        tag = group << 16 | element
-        if implicit or group == 0xFFFE:
-            vr, length, start = None, self._u32(data, pos + 4)[0], pos + 8
+        if implicit:
+            group, element, length = self._implicit(data, pos)
+            tag, vr, start = group << 16 | element, None, pos + 8
         else:
-            vr = data[pos + 4:pos + 6].decode("latin-1")
-            if vr in SHORT_VRS:
-                length, start = self._u16(data, pos + 6)[0], pos + 8
-            elif vr in LONG_VRS:
-                if pos + 12 > limit:
-                    raise self._overrun(pos, pos + 12, f"the {vr} header of {name(tag)}", limit)
-                length, start = self._u32(data, pos + 8)[0], pos + 12
+            group, element, code, length = self._explicit(data, pos)
+            tag, start = group << 16 | element, pos + 8
+            if group == 0xFFFE:
+                vr, length = None, self._u32(data, pos + 4)[0]
             else:
-                raise malformed(pos, f"unknown VR {vr!r} in {name(tag)}")
+                vr, long = _VR_CODES.get(code) or (code.decode("latin-1"), None)
+                if long:
+                    if pos + 12 > limit:
+                        raise self._overrun(pos, pos + 12, f"the {vr} header of {name(tag)}", limit)
+                    length, start = self._u32(data, pos + 8)[0], pos + 12
+                elif long is None:
+                    raise malformed(pos, f"unknown VR {vr!r} in {name(tag)}")
         if length == UNDEFINED:
             if vr not in (None, "SQ", "UN") and not (tag == PIXEL_DATA and vr in ("OB", "OW")):
                 raise malformed(pos, f"undefined length on {name(tag)}, a {vr} element")
