@@ -69,6 +69,8 @@ DIRECTORY_RECORDS = 0x00041220
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
 SOP_CLASS = 0x00080016
+_ITEM_START, _ITEM_END, _SEQUENCE_END = (pack("<HHI", 0xFFFE, element, length) for element, length in
+                                         ((0xE000, UNDEFINED), (0xE00D, 0), (0xE0DD, 0)))
 
 
 # Top-level values of the output that callers name and index files by, so they need not parse it.
@@ -277,7 +279,7 @@ class _Stream(Reader):
         chunks: list[tuple[int, bytes]] = []
         overlay_tags: list[int] = []
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
-        private = PrivateBlocks(self.profile)
+        private: PrivateBlocks | None = None  # made at the first private element: most items have none
         last = -1
         data, view, read_header, note = self.data, self.view, self.read_header, self.guard.note
         while pos < end:
@@ -308,6 +310,7 @@ class _Stream(Reader):
                 self.undefined(pos, tag, vr)
                 known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
             if tag >> 16 & 1:
+                private = private or PrivateBlocks(self.profile)
                 if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
                     self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
                     pos = self.past(known, start, stop, implicit or vr == "UN", depth)
@@ -337,7 +340,9 @@ class _Stream(Reader):
         else:
             if limit is None:
                 raise malformed(pos, "an item of undefined length without its delimiter")
-        dropped = set(private.orphaned())
+        if private is None and not overlay_tags:
+            return chunks, pos  # nothing to drop afterwards
+        dropped = set(private.orphaned()) if private else set()
         groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         return [c for c in chunks if c[0] not in dropped and c[0] >> 16 not in groups], pos
 
@@ -362,7 +367,7 @@ class _Stream(Reader):
             inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
             items, after = self._items(start, stop, inner_implicit, depth, op == WALK_DUMMY, path + (tag,))
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
-            return head + items + pack("<HHI", 0xFFFE, 0xE0DD, 0), after
+            return head + items + _SEQUENCE_END, after
         after = self.past(known, start, stop, implicit or vr == "UN", depth)
         if op == KEEP:  # an undefined length here is encapsulated Pixel Data, kept whole
             return self.view[pos:after], after
@@ -408,8 +413,9 @@ class _Stream(Reader):
             chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, dummy_text, path)
             if pos > end:
                 raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
-            out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
-                    pack("<HHI", 0xFFFE, 0xE00D, 0)]
+            out.append(_ITEM_START)
+            out += [c for _, c in chunks]
+            out.append(_ITEM_END)
         if stop is None:
             raise malformed(pos, "a sequence of undefined length without its delimiter")
         return b"".join(out), stop
