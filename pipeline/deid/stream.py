@@ -143,6 +143,16 @@ def _actions(profile: Profile) -> dict[int, str]:
     return {}
 
 
+MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
+
+
+@cache
+def _plans(profile: Profile) -> dict[tuple[int, str | None, bool], tuple[str, str]]:
+    """(VR, operation) of public elements of defined length whose action does not depend on their
+    place, by (tag, VR bytes read, inside a dummied sequence), filled as they are met."""
+    return {}
+
+
 def _dictionary_vr(tag: int) -> str:
     return "UN" if tag >> 16 & 1 else _public_vr(tag)
 
@@ -282,6 +292,7 @@ class _Stream(Reader):
         private: PrivateBlocks | None = None  # made at the first private element: most items have none
         last = -1
         data, view, read_header, note = self.data, self.view, self.read_header, self.guard.note
+        plans = _plans(self.profile)
         while pos < end:
             if depth == 0 and data[pos] == 0 and self.padding(pos, end):
                 break
@@ -300,26 +311,34 @@ class _Stream(Reader):
             last = tag
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlay_tags.append(tag)
-            if vr is None or vr == "UN":
-                known = _dictionary_vr(tag)
-            elif problem := contradiction(tag, vr):
-                raise malformed(pos, problem)
+            plan = plans.get((tag, vr, dummy_text)) if stop is not None else None
+            if plan is not None:
+                known, op = plan
             else:
-                known = vr
-            if stop is None and tag != PIXEL_DATA:
-                self.undefined(pos, tag, vr)
-                known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
-            if tag >> 16 & 1:
-                private = private or PrivateBlocks(self.profile)
-                if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
-                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
-                    pos = self.past(known, start, stop, implicit or vr == "UN", depth)
-                    continue
-                action, text = "K", False
-            else:
-                action = self.actions.get(tag) or self._action(tag, path)
-                text = dummy_text
-            op = operation(action, known, text, self.shifting)
+                if vr is None or vr == "UN":
+                    known = _dictionary_vr(tag)
+                elif problem := contradiction(tag, vr):
+                    raise malformed(pos, problem)
+                else:
+                    known = vr
+                if stop is None and tag != PIXEL_DATA:
+                    self.undefined(pos, tag, vr)
+                    known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
+                if tag >> 16 & 1:
+                    private = private or PrivateBlocks(self.profile)
+                    if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
+                        self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
+                        pos = self.past(known, start, stop, implicit or vr == "UN", depth)
+                        continue
+                    action, text = "K", False
+                else:
+                    action = self.actions.get(tag) or self._action(tag, path)
+                    text = dummy_text
+                op = operation(action, known, text, self.shifting)
+                if stop is not None and tag in self.actions:  # public, and decided by tag alone
+                    if len(plans) > MAX_PLANS:
+                        plans.clear()
+                    plans[tag, vr, dummy_text] = known, op
             if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
                 chunk, after = self._keep(tag, vr, known, pos, start, stop, implicit), stop
             else:
