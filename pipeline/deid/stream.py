@@ -321,9 +321,10 @@ class _Stream(Reader):
                     raise malformed(pos, problem)
                 else:
                     known = vr
-                if stop is None and tag != PIXEL_DATA:
+                if stop is None:
                     self.undefined(pos, tag, vr)
-                    known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
+                    if tag != PIXEL_DATA:
+                        known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
                 if tag >> 16 & 1:
                     private = private or PrivateBlocks(self.profile)
                     if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):

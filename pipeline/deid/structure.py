@@ -172,7 +172,10 @@ class Reader:
             raise malformed(pos, f"{name(tag)} (an item or delimiter) outside its sequence")
 
     def undefined(self, pos: int, tag: int, vr: str | None) -> None:
-        """An implicit undefined length reads as a sequence: refuse it where the dictionary disagrees."""
+        """An implicit undefined length reads as a sequence: refuse it where the dictionary disagrees.
+        Encapsulated Pixel Data is OB (PS3.5 A.4): stored as UN it would read as a sequence of datasets."""
+        if vr == "UN" and tag == PIXEL_DATA:
+            raise malformed(pos, f"undefined length on {name(tag)} stored as UN, which reads as a sequence")
         if vr in (None, "UN") and tag != PIXEL_DATA and dictionary_vr(tag) not in ("SQ", "UN"):
             raise malformed(pos, f"undefined length on {name(tag)}, a {dictionary_vr(tag)} element")
 
