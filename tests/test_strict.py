@@ -110,6 +110,17 @@ def test_undefined_or_huge_length_on_a_value_is_refused(length):
     assert isinstance(result, DeidError) and result.reason in ("malformed", "truncated")
 
 
+def test_encapsulated_pixel_data_stored_as_un_is_refused():
+    """UN of undefined length reads as a sequence (PS3.5 6.2.2), so pydicom parses the fragments as
+    datasets and fails where the byte walker copied them: both walkers now refuse it (fuzz, vr-flip)."""
+    data = bytearray(Path(get_testdata_file("JPEG2000.dcm")).read_bytes())
+    pos = header_at(data, 0x7FE00010, b"OB")
+    assert data[pos + 8:pos + 12] == b"\xff\xff\xff\xff"  # encapsulated: undefined length
+    outcome(bytes(data))  # as stored, both walkers agree
+    data[pos + 4:pos + 6] = b"UN"
+    assert "(7FE0,0010) stored as UN" in refused(bytes(data)).detail
+
+
 @pytest.mark.parametrize("vr", [b"\0\0", b"ZZ", b"  "])
 def test_unknown_or_zeroed_vr_is_refused(vr):
     data = bytearray(encode(seed()))

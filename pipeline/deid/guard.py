@@ -76,10 +76,10 @@ class Guard:
             if tag in PIXEL_TAGS:
                 return
             raw = value()
-            explains = vr in EXPLAINING_VRS and _printable(raw)
-            if explains and len(raw) <= MAX_EXPLAINING and (not tag >> 16 & 1 or self.private_explains):
-                self.explaining.append(raw)
-            if (tag >> 16 & 1 or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
+            private = tag >> 16 & 1
+            if vr in EXPLAINING_VRS and len(raw) <= MAX_EXPLAINING and (not private or self.private_explains):
+                self.explaining.append(raw)  # if printable: tested only when a hit needs explaining
+            if (private or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
                 self.opaque.append(raw)
             if len(raw) >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
                 self.kept.append(raw)  # shorter values cannot hold a searched value
@@ -90,15 +90,18 @@ class Guard:
         """Refuse the object when what it keeps holds a removed value that nothing explains; the
         engine's own words (dummies, markers) explain themselves."""
         self._check_hidden_elements()
-        patterns = self._patterns()
+        patterns = self._patterns() if self.kept else None
         if not patterns:
             return
         automaton = ahocorasick.Automaton()
         for pattern, tag in patterns.items():
             automaton.add_word(pattern, (pattern, tag))
         automaton.make_automaton()
-        explained = {p for p, _ in _hits(automaton, b"\0".join([*self.explaining, ENGINE_WORDS]))}
+        explained = None  # what the kept values say on purpose, searched once a hit needs it
         for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
+            if explained is None:
+                explaining = [raw for raw in self.explaining if _printable(raw)]
+                explained = {p for p, _ in _hits(automaton, b"\0".join([*explaining, ENGINE_WORDS]))}
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")

@@ -41,7 +41,7 @@ def resolve_secret(secret: str | bytes | None) -> bytes:
 
 def new_uid(key: bytes, uid: str) -> str:
     """2.25 form of an RFC 9562 version-8 UUID made of the first 128 bits of HMAC-SHA256(key, uid)."""
-    raw = bytearray(hmac.new(key, uid.encode("ascii"), hashlib.sha256).digest()[:16])
+    raw = bytearray(hmac.digest(key, uid.encode("ascii"), "sha256")[:16])  # one-shot: no HMAC object
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
     return f"2.25.{int.from_bytes(raw, 'big')}"

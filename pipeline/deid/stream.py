@@ -76,6 +76,8 @@ DIRECTORY_RECORDS = 0x00041220
 NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 IDENTITY_TAGS = (0x00100010, 0x00100020, 0x00100021, 0x0020000D)
 SOP_CLASS = 0x00080016
+_ITEM_START, _ITEM_END, _SEQUENCE_END = (pack("<HHI", 0xFFFE, element, length) for element, length in
+                                         ((0xE000, UNDEFINED), (0xE00D, 0), (0xE0DD, 0)))
 
 
 # Top-level values of the output that callers name and index files by, so they need not parse it.
@@ -171,6 +173,16 @@ def _actions(profile: Profile) -> dict[int, str]:
     are not kept here: their action depends on the object's IOD and the sequence path, and
     `rules.action_at` caches it by the attribute's type there.
     """
+    return {}
+
+
+MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
+
+
+@cache
+def _plans(profile: Profile) -> dict[tuple[int, str | None, str], tuple[str, str, str]]:
+    """(VR, action, operation) of public elements of defined length whose action does not depend on
+    their place, by (tag, VR bytes read, the enclosing sequence's operation), filled as they are met."""
     return {}
 
 
@@ -330,19 +342,22 @@ class _Stream(Reader):
         chunks: list[tuple[int, Chunk]] = []
         overlay_tags: list[int] = []
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
-        private = PrivateBlocks(self.profile)
+        private: PrivateBlocks | None = None  # made at the first private element: most items have none
         last = -1
         seen = self.seen
+        data, view, read_header, note = self.data, self.view, self.read_header, self.guard.note
+        plans = _plans(self.profile)
         while pos < end:
-            if depth == 0 and self.data[pos] == 0 and self.padding(pos, end):
+            if depth == 0 and data[pos] == 0 and self.padding(pos, end):
                 break
-            tag, vr, start, stop = self.read_header(pos, implicit, end)
-            if tag == ITEM_END and limit is None:
-                pos = start
-                break
-            if self.stray(pos, tag, stop, depth):
-                pos = stop
-                continue
+            tag, vr, start, stop = read_header(pos, implicit, end)
+            if tag >> 16 == 0xFFFE:  # an item or a delimiter: the end of this item, stray or misplaced
+                if tag == ITEM_END and limit is None:
+                    pos = start
+                    break
+                if self.stray(pos, tag, stop, depth):
+                    pos = stop
+                    continue
             if tag <= last or tag >> 16 == 0xFFFE:
                 self.order(pos, tag, last)
             if depth == 0 and tag == DIRECTORY_RECORDS:
@@ -350,34 +365,48 @@ class _Stream(Reader):
             last = tag
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlay_tags.append(tag)
-            if vr is None or vr == "UN":
-                known = _dictionary_vr(tag)
-            elif problem := contradiction(tag, vr):
-                raise malformed(pos, problem)
+            plan = plans.get((tag, vr, inner)) if stop is not None else None
+            if plan is not None:
+                known, action, op = plan
+                counted = tag
             else:
-                known = vr
-            if stop is None and tag != PIXEL_DATA:
-                self.undefined(pos, tag, vr)
-                known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
-            if tag >> 16 & 1:
-                if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
-                    self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
-                    key = (tag | 0xFFFF, "X", DROP)
-                    seen[key] = seen.get(key, 0) + 1
-                    pos = self.past(known, start, stop, implicit or vr == "UN", depth)
-                    continue
-                action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
-            else:
-                action = self.actions.get(tag) or self._action(tag, path)
-                text, counted = inner, tag
-            op = operation(action, known, text, self.shifting)
+                if vr is None or vr == "UN":
+                    known = _dictionary_vr(tag)
+                elif problem := contradiction(tag, vr):
+                    raise malformed(pos, problem)
+                else:
+                    known = vr
+                if stop is None:
+                    self.undefined(pos, tag, vr)
+                    if tag != PIXEL_DATA:
+                        known = "SQ"  # an undefined length can only be a sequence (PS3.5 6.2.2 for UN)
+                if tag >> 16 & 1:
+                    private = private or PrivateBlocks(self.profile)
+                    if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
+                        self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
+                        key = (tag | 0xFFFF, "X", DROP)
+                        seen[key] = seen.get(key, 0) + 1
+                        pos = self.past(known, start, stop, implicit or vr == "UN", depth)
+                        continue
+                    action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
+                else:
+                    action = self.actions.get(tag) or self._action(tag, path)
+                    text, counted = inner, tag
+                op = operation(action, known, text, self.shifting)
+                if stop is not None and tag in self.actions:  # public, and decided by tag alone
+                    if len(plans) > MAX_PLANS:
+                        plans.clear()
+                    plans[tag, vr, inner] = known, action, op
             if op == WALK_CLEAN and self.structured and tag in STRUCTURED_SEQUENCES:
                 raise _Unsupported
             if op == NEW_UIDS:
-                op = settled(self.data[start:stop].decode("latin-1"))
-            chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
+                op = settled(data[start:stop].decode("latin-1"))
+            if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
+                chunk, after = self._keep(tag, vr, known, pos, start, stop, implicit), stop
+            else:
+                chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
             if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
-                self.guard.note(tag, op, known, lambda s=start, e=stop: self.view[s:e])
+                note(tag, op, known, lambda s=start, e=stop: view[s:e])
             key = (counted, action, DROP if chunk is None else op)
             seen[key] = seen.get(key, 0) + 1  # inline: this runs once per element
             if chunk is not None:
@@ -394,7 +423,9 @@ class _Stream(Reader):
         else:
             if limit is None:
                 raise malformed(pos, "an item of undefined length without its delimiter")
-        dropped = set(private.orphaned())
+        if private is None and not overlay_tags:
+            return chunks, pos  # nothing to drop afterwards
+        dropped = set(private.orphaned()) if private else set()
         groups = orphaned_overlay_groups(overlay_tags, [t for t, _ in chunks])
         if not dropped and not groups:
             return chunks, pos
@@ -424,18 +455,11 @@ class _Stream(Reader):
             inner_implicit = implicit or vr == "UN"  # a UN sequence holds implicit VR little endian
             items, after = self._items(start, stop, inner_implicit, depth, op, path + (tag,))
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
-            end = pack("<HHI", 0xFFFE, 0xE0DD, 0)
-            return (head + items + end if isinstance(items, bytes) else [head, items, end]), after
+            if isinstance(items, bytes):
+                return head + items + _SEQUENCE_END, after
+            return [head, items, _SEQUENCE_END], after
         after = self.past(known, start, stop, implicit or vr == "UN", depth)
-        if op == KEEP:
-            if stop is not None and (problem := conformance(tag, known, self.view[start:stop])):
-                if problem[0]:
-                    raise malformed(pos, f"{name(tag)}: {problem[1]}")
-                return None, after
-            if stop is not None and (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
-                pad = b" " if known in SPACE_PADDED else b"\0"
-                head = _header(tag, vr or known, stop - start + 1, implicit)
-                return head + self.data[start:stop] + pad, after
+        if op == KEEP:  # an undefined length here is encapsulated Pixel Data, kept whole
             return self.view[pos:after], after
         if op == DROP:
             return None, after
@@ -457,6 +481,19 @@ class _Stream(Reader):
             return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
         raise AssertionError(op)
 
+    def _keep(self, tag: int, vr: str | None, known: str, pos: int, start: int, stop: int,
+              implicit: bool) -> bytes | memoryview | None:
+        """A kept element of defined length as it is, padded to even length, or None when its value
+        does not conform to its VR (refused where that means the structure is broken)."""
+        if problem := conformance(tag, known, self.view[start:stop]):
+            if problem[0]:
+                raise malformed(pos, f"{name(tag)}: {problem[1]}")
+            return None
+        if (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
+            pad = b" " if known in SPACE_PADDED else b"\0"
+            return _header(tag, vr or known, stop - start + 1, implicit) + self.data[start:stop] + pad
+        return self.view[pos:stop]
+
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
                inner: str, path: tuple[int, ...]) -> tuple[bytes | list[Chunk], int]:
         """A sequence's items walked and re-encoded with undefined lengths (a list of chunks when
@@ -473,8 +510,9 @@ class _Stream(Reader):
             chunks, pos = self.dataset(item_start, item_stop, implicit, depth + 1, inner, path)
             if pos > end:
                 raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
-            out += [pack("<HHI", 0xFFFE, 0xE000, UNDEFINED), *(c for _, c in chunks),
-                    pack("<HHI", 0xFFFE, 0xE00D, 0)]
+            out.append(_ITEM_START)
+            out += [c for _, c in chunks]
+            out.append(_ITEM_END)
         if stop is None:
             raise malformed(pos, "a sequence of undefined length without its delimiter")
         return (b"".join(out) if len(self.pending) == pending else out), stop

@@ -29,6 +29,8 @@ SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS
                        "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 BINARY_VRS = frozenset({"AT", "FL", "FD", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV",
                         "UL", "US", "UV"})
+# An explicit VR header's two VR bytes -> the VR and whether a 4-byte length follows them.
+_VR_CODES = {vr.encode(): (vr, vr in LONG_VRS) for vr in SHORT_VRS | LONG_VRS}
 MAX_ELEMENTS_ENV = "DICOM_DEID_MAX_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 200_000
 
@@ -98,7 +100,9 @@ def _multiplicity(tag: int) -> int | None:
 def conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] | None:
     """`values.nonconforming` for a kept element; Specific Character Set is read as pydicom reads it
     ('ISO-IR 100', 'GB18030' with NUL padding), since dropping it would change every text's meaning."""
-    return nonconforming("LO" if tag == SPECIFIC_CHARACTER_SET else vr, raw, multiplicity(tag))
+    if tag == SPECIFIC_CHARACTER_SET:
+        return nonconforming("LO", raw)
+    return nonconforming(vr, raw, multiplicity(tag) if vr in BINARY_VRS else None)  # VM counts binary values
 
 
 def looks_explicit(data: bytes, pos: int) -> bool:
@@ -115,7 +119,8 @@ class Reader:
     def __init__(self, data: bytes, little: bool = True, limit: int | None = None) -> None:
         self.data = data
         order = "<" if little else ">"
-        self._tag, self._u16, self._u32 = (Struct(order + f).unpack_from for f in ("HH", "H", "I"))
+        self._u32 = Struct(order + "I").unpack_from
+        self._implicit, self._explicit = (Struct(order + f).unpack_from for f in ("HHI", "HH2sH"))
         self.elements = 0
         self.max_elements = max_elements() if limit is None else limit
 
@@ -128,20 +133,22 @@ class Reader:
         data = self.data
         if pos + 8 > limit:
             raise self._overrun(pos, pos + 8, "an element header", limit)
-        group, element = self._tag(data, pos)
-        tag = group << 16 | element
-        if implicit or group == 0xFFFE:
-            vr, length, start = None, self._u32(data, pos + 4)[0], pos + 8
+        if implicit:
+            group, element, length = self._implicit(data, pos)
+            tag, vr, start = group << 16 | element, None, pos + 8
         else:
-            vr = data[pos + 4:pos + 6].decode("latin-1")
-            if vr in SHORT_VRS:
-                length, start = self._u16(data, pos + 6)[0], pos + 8
-            elif vr in LONG_VRS:
-                if pos + 12 > limit:
-                    raise self._overrun(pos, pos + 12, f"the {vr} header of {name(tag)}", limit)
-                length, start = self._u32(data, pos + 8)[0], pos + 12
+            group, element, code, length = self._explicit(data, pos)
+            tag, start = group << 16 | element, pos + 8
+            if group == 0xFFFE:
+                vr, length = None, self._u32(data, pos + 4)[0]
             else:
-                raise malformed(pos, f"unknown VR {vr!r} in {name(tag)}")
+                vr, long = _VR_CODES.get(code) or (code.decode("latin-1"), None)
+                if long:
+                    if pos + 12 > limit:
+                        raise self._overrun(pos, pos + 12, f"the {vr} header of {name(tag)}", limit)
+                    length, start = self._u32(data, pos + 8)[0], pos + 12
+                elif long is None:
+                    raise malformed(pos, f"unknown VR {vr!r} in {name(tag)}")
         if length == UNDEFINED:
             if vr not in (None, "SQ", "UN") and not (tag == PIXEL_DATA and vr in ("OB", "OW")):
                 raise malformed(pos, f"undefined length on {name(tag)}, a {vr} element")
@@ -165,7 +172,10 @@ class Reader:
             raise malformed(pos, f"{name(tag)} (an item or delimiter) outside its sequence")
 
     def undefined(self, pos: int, tag: int, vr: str | None) -> None:
-        """An implicit undefined length reads as a sequence: refuse it where the dictionary disagrees."""
+        """An implicit undefined length reads as a sequence: refuse it where the dictionary disagrees.
+        Encapsulated Pixel Data is OB (PS3.5 A.4): stored as UN it would read as a sequence of datasets."""
+        if vr == "UN" and tag == PIXEL_DATA:
+            raise malformed(pos, f"undefined length on {name(tag)} stored as UN, which reads as a sequence")
         if vr in (None, "UN") and tag != PIXEL_DATA and dictionary_vr(tag) not in ("SQ", "UN"):
             raise malformed(pos, f"undefined length on {name(tag)}, a {dictionary_vr(tag)} element")
 

@@ -90,6 +90,23 @@ _CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1a\x1c-\x1f]")
 _LONG_TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
 _TEXT = {**dict.fromkeys(("LO", "PN", "SH", "UC", "UR", *_REPERTOIRE), _CONTROLS),
          **dict.fromkeys(("LT", "ST", "UT"), _LONG_TEXT_CONTROLS)}
+# Each repertoire VR's bytes mapped to b"a" (allowed), b"\\" (a value delimiter) or b"\0" (outside it),
+# so one translate and two substring searches check a whole value list at C speed: no byte outside
+# the repertoire, no run of allowed bytes longer than one value may be.
+_CLASSES = {vr: bytes(b if b == 0x5C else 0x61 if b in allowed else 0 for b in range(256))
+            for vr, (allowed, _) in _REPERTOIRE.items()}
+_TOO_LONG = {vr: b"a" * (longest + 1) for vr, (_, longest) in _REPERTOIRE.items()}
+# One match that says a short value conforms, read in place (no copy): the common case. A value it
+# does not match, or a longer one (contour data), goes through the checks below, which say why.
+_PAD = rb"[\0 ]*"
+_CONFORMING = {
+    **{vr: re.compile(rb"%s(?:\\%s)*%s" % (value, value, _PAD))
+       for vr, (allowed, longest) in _REPERTOIRE.items() if vr != "AS"
+       for value in [rb"[%s]{0,%d}" % (re.escape(allowed), longest)]},
+    **{vr: re.compile(rb"[^%s]*%s" % (controls.pattern[1:-1], _PAD)) for vr, controls in _TEXT.items()
+       if vr not in _REPERTOIRE},
+}
+QUICK_LENGTH = 256
 _SIZES = {"AT": 4, "FL": 4, "FD": 8, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
           "SV": 8, "UL": 4, "US": 2, "UV": 8}
 
@@ -113,11 +130,13 @@ def nonconforming(vr: str, raw: bytes | memoryview, most: int | None = None) -> 
     controls = _TEXT.get(vr)
     if controls is None:
         return None
+    quick = _CONFORMING.get(vr)
+    if quick is not None and len(raw) <= QUICK_LENGTH and quick.fullmatch(raw):
+        return None
     text = bytes(raw).rstrip(b"\0 ")
     repertoire = _REPERTOIRE.get(vr)
-    if repertoire is not None and not text.translate(None, repertoire[0] + b"\\"):  # bytes at C speed
-        longest = len(text) if len(text) <= repertoire[1] else max(map(len, text.split(b"\\")))
-        if longest <= repertoire[1] and (vr != "AS" or _AGE.fullmatch(text)):
+    if repertoire is not None and 0 not in (classes := text.translate(_CLASSES[vr])):
+        if _TOO_LONG[vr] not in classes and (vr != "AS" or _AGE.fullmatch(text)):
             return None
         return vr == "UI", f"a {vr} value longer than {repertoire[1]} bytes or malformed"
     found = controls.search(text)
