@@ -37,6 +37,7 @@ from .operations import (
     UIDS,
     WALK_DUMMY,
     PrivateBlocks,
+    Pseudonym,
     UidMapper,
     name,
     operation,
@@ -75,7 +76,7 @@ SOP_CLASS = 0x00080016
 HEADER = {0x00080005: "SpecificCharacterSet", 0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
           0x00080060: "Modality", 0x0008103E: "SeriesDescription", 0x0020000D: "StudyInstanceUID",
           0x0020000E: "SeriesInstanceUID", 0x00280008: "NumberOfFrames", 0x00280010: "Rows",
-          0x00280011: "Columns"}
+          0x00280011: "Columns", 0x00280301: "BurnedInAnnotation"}
 
 
 class FileResult(NamedTuple):
@@ -92,14 +93,17 @@ class _Unsupported(Exception):
     """Not for the fast path; the pydicom walker takes the file."""
 
 
-def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None) -> FileResult:
-    """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError)."""
+def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None,
+                     shift_identity: bytes | None = None, pseudonym: Pseudonym | None = None) -> FileResult:
+    """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError); `shift_identity`
+    and `pseudonym` as in `engine.apply`."""
     key = resolve_secret(secret)
     try:
         try:
-            return _Stream(data, profile, key).file()
+            return _Stream(data, profile, key, shift_identity, pseudonym).file()
         except (_Unsupported, UnicodeError):
-            result = deidentify(parse(data), profile, secret=key)
+            result = deidentify(parse(data), profile, secret=key, shift_identity=shift_identity,
+                                pseudonym=pseudonym)
             return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
                               header_of(result.dataset))
     except DeidError:
@@ -197,11 +201,13 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
 class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
-    def __init__(self, data: bytes, profile: Profile, key: bytes) -> None:
+    def __init__(self, data: bytes, profile: Profile, key: bytes, shift_identity: bytes | None = None,
+                 pseudonym: Pseudonym | None = None) -> None:
         super().__init__(data)
         self.view, self.profile, self.key = memoryview(data), profile, key
         self.uids = UidMapper(key)
         self.shifting = shifting_dates(profile)
+        self.shift_identity, self.pseudonym = shift_identity, pseudonym
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
@@ -223,6 +229,8 @@ class _Stream(Reader):
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
         markers = dict(_marker_elements(self.profile, self.implicit))
+        for tag, vr, value in self.pseudonym.elements() if self.pseudonym else ():
+            markers[tag] = _element(tag, vr, value, self.implicit)
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
         self.guard.check()
@@ -411,7 +419,7 @@ class _Stream(Reader):
     def _shift(self) -> int:
         if self.shift_days is None:
             values = self._top_values(IDENTITY_TAGS)
-            identity = patient_identity(lambda tag: values.get(tag, b""))
+            identity = self.shift_identity or patient_identity(lambda tag: values.get(tag, b""))
             self.shift_days = date_shift_days(self.key, identity)
         return self.shift_days
 
