@@ -1,0 +1,200 @@
+"""One date shift per study's patient, patient pseudonyms and the crosswalk, and the burned-in guard, each
+through a real run on a LocalCluster over generated DICOM."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage, generate_uid
+from samples import PATIENT_NAME, SECRET, study_objects, tree, write_tree
+
+import pipeline
+from pipeline.deid import Profile
+from pipeline.deid.keys import date_shift_days, patient_pseudonym
+from pipeline.deid.stream import deidentify_bytes
+from pipeline.deid.values import shift
+from pipeline.job import JobError
+from pipeline.maps import export_maps
+from pipeline.patients import CrosswalkError, read_crosswalk
+from pipeline.scan import scan_batch
+
+STUDY_DATE = "20040119"
+
+
+def _encode(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _object(study: str, **values) -> bytes:
+    """A CT object of `study` with the given attributes set (None: removed)."""
+    ds = copy.deepcopy(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    ds.StudyInstanceUID, ds.StudyDate = study, STUDY_DATE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in values.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if "SOPClassUID" in values:
+        ds.file_meta.MediaStorageSOPClassUID = values["SOPClassUID"]
+    return _encode(ds)
+
+
+def _run(src: Path, out: Path, client, **kw) -> pipeline.RunResult:
+    return pipeline.run(str(src), str(out / "dest"), str(out / "tables"), client=client, secret=SECRET, **kw)
+
+
+def _outputs(out: Path) -> dict[str, pydicom.Dataset]:
+    return {k: pydicom.dcmread(io.BytesIO(v)) for k, v in tree(out / "dest").items()
+            if not k.startswith("_index/")}
+
+
+def _disagreeing_study() -> dict[str, bytes]:
+    """One study whose files disagree on the patient: an issuer, none, another issuer."""
+    study = generate_uid()
+    return {"a.dcm": _object(study, PatientID="PID-1", IssuerOfPatientID="HOSP-A"),
+            "b.dcm": _object(study, PatientID=None, IssuerOfPatientID=None),
+            "c.dcm": _object(study, PatientID="PID-1", IssuerOfPatientID="HOSP-B")}
+
+
+def test_a_study_whose_files_disagree_on_the_patient_shifts_alike(tmp_path, dask_client):
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = _disagreeing_study()
+    write_tree(src, files)
+    profile = Profile(retain_long_modified_dates=True)
+    alone = [deidentify_bytes(data, profile, secret=SECRET) for data in files.values()]
+    alone_dates = {pydicom.dcmread(io.BytesIO(result.data)).StudyDate for result in alone}
+    alone = {result.header["StudyInstanceUID"] for result in alone}
+    assert len(alone) == 1 and len(alone_dates) == 3  # the engine alone: one study, three shifts
+
+    # One object per unit: the study's objects run in different tasks, maybe on different workers.
+    result = _run(src, out, dask_client, profile=profile, max_unit_objects=1)
+    assert result.written == 3, result.quarantine_reasons
+    expected = shift("DA", STUDY_DATE, date_shift_days(SECRET, b"id\0PID-1\0HOSP-A"))  # a.dcm comes first
+    assert {ds.StudyDate for ds in _outputs(out).values()} == {expected}
+
+    # A later run's object of the study reuses the recorded identity, though it would come first now.
+    (src / "0.dcm").write_bytes(_object(pydicom.dcmread(io.BytesIO(files["a.dcm"])).StudyInstanceUID,
+                                        PatientID="SOMEONE-ELSE"))
+    again = _run(src, out, dask_client, profile=profile, max_unit_objects=1)
+    assert again.run_objects == 1 and again.written == 4
+    assert {ds.StudyDate for ds in _outputs(out).values()} == {expected}
+
+
+def _crosswalk_csv(path: Path, rows: list[tuple[str, ...]], header=("patient_id", "research_id",
+                                                                    "research_name")) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_patient_pseudonyms_and_the_crosswalk(tmp_path, dask_client):
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = study_objects(3, 2, seed="pseudo")
+    write_tree(src, files)
+    ids = sorted({str(pydicom.dcmread(io.BytesIO(d)).PatientID) for d in files.values()})
+    crosswalk = _crosswalk_csv(tmp_path / "crosswalk.csv", [(ids[0], "RESEARCH-0001", "SUBJECT^ONE")])
+    result = _run(src, out, dask_client, crosswalk=str(crosswalk), max_unit_objects=1)
+    assert result.written == 6, result.quarantine_reasons
+
+    by_patient: dict[str, set[tuple[str, str]]] = {}
+    for data in files.values():
+        original = pydicom.dcmread(io.BytesIO(data))
+        by_patient.setdefault(str(original.PatientID), set())
+    outputs = _outputs(out)
+    manifest = pd.read_parquet(out / "tables" / "manifest.parquet")
+    for row in manifest.itertuples():
+        original = pydicom.dcmread(row.source_url.removeprefix("file://"))
+        written = outputs[row.output_key]
+        by_patient[str(original.PatientID)].add((str(written.PatientID), str(written.PatientName)))
+    assert by_patient[ids[0]] == {("RESEARCH-0001", "SUBJECT^ONE")}  # the crosswalk wins where it has a row
+    for patient in ids[1:]:  # the keyed pseudonym elsewhere, one per patient, the same in every unit
+        keyed = patient_pseudonym(SECRET, b"id\0" + patient.encode() + b"\0")
+        assert by_patient[patient] == {(keyed, keyed)}
+
+    patient_map = pd.read_parquet(out / "tables" / "patient_map.parquet")
+    pairs = set(zip(patient_map.original_patient_id, patient_map.new_patient_id, patient_map.source,
+                    strict=True))
+    keyed = {(p, patient_pseudonym(SECRET, b"id\0" + p.encode() + b"\0"), "pseudonym") for p in ids[1:]}
+    assert pairs == {(ids[0], "RESEARCH-0001", "crosswalk"), *keyed}
+    export_maps(str(out / "tables"), str(tmp_path / "maps"))
+    exported = list(csv.reader((tmp_path / "maps" / "patient_map.csv").open()))
+    assert exported[0] == ["id_old", "id_new"] and {tuple(r) for r in exported[1:]} == {p[:2] for p in pairs}
+
+    # Nothing of the patients, the crosswalk or the secret in DEST; the secret nowhere in TABLES either.
+    for name, data in tree(out / "dest").items():
+        for value in (*ids, PATIENT_NAME, "SUBJECT^ONE", "RESEARCH-0001"):
+            if value.startswith(("SUBJECT", "RESEARCH")) and not name.startswith("_index"):
+                continue  # research IDs are meant to be in the outputs
+            assert value.encode() not in data, (name, value)
+    for data in tree(out / "tables").values():
+        assert SECRET not in data
+    job = json.loads((out / "tables" / "job.json").read_text())
+    assert job["pseudonymize_patients"] is True and job["crosswalk"] is True
+    assert str(crosswalk) not in json.dumps(job) and "RESEARCH" not in json.dumps(job)
+
+    with pytest.raises(JobError, match="--pseudonymize-patients"):
+        _run(src, out, dask_client, max_unit_objects=1)
+
+
+def test_crosswalk_reading(tmp_path):
+    csv_path = _crosswalk_csv(tmp_path / "c.csv", [("A", "R1", ""), ("B", "R2", "NAME^TWO")])
+    assert read_crosswalk(str(csv_path)) == {"A": ("R1", "R1"), "B": ("R2", "NAME^TWO")}
+    pd.DataFrame({"patient_id": ["A"], "research_id": ["R1"]}).to_parquet(tmp_path / "c.parquet")
+    assert read_crosswalk(str(tmp_path / "c.parquet")) == {"A": ("R1", "R1")}
+    for rows, header, problem in (
+        ([("A", "R1", "")], ("patient", "research_id", "research_name"), "columns"),
+        ([("A", "R1", ""), ("A", "R9", "")], None, "row 2"),
+        ([("A", "R\\1", "")], None, "row 1"),
+        ([("A", "Ré", "")], None, "row 1"),
+        ([("", "R1", "")], None, "row 1"),
+    ):
+        bad = _crosswalk_csv(tmp_path / "bad.csv", rows, *(header,) if header else ())
+        with pytest.raises(CrosswalkError, match=problem) as caught:
+            read_crosswalk(str(bad))
+        assert "R9" not in str(caught.value) and "R\\1" not in str(caught.value)  # values never in messages
+
+
+def _burned_in_objects() -> dict[str, bytes]:
+    study = generate_uid()
+    return {
+        "ct-yes.dcm": _object(study, BurnedInAnnotation="YES"),
+        "ct-none.dcm": _object(study),
+        "sc-none.dcm": _object(study, SOPClassUID=SecondaryCaptureImageStorage),
+        "sc-no.dcm": _object(study, SOPClassUID=SecondaryCaptureImageStorage, BurnedInAnnotation="NO"),
+        "us-none.dcm": _object(study, SOPClassUID=UltrasoundImageStorage),
+    }
+
+
+@pytest.mark.parametrize(("settings", "quarantined"), [
+    ({}, {"ct-yes.dcm", "sc-none.dcm", "us-none.dcm"}),
+    ({"burned_in_unknown": "allow"}, {"ct-yes.dcm"}),
+    ({"allow_burned_in": True}, set()),
+])
+def test_burned_in_guard(tmp_path, dask_client, settings, quarantined):
+    src, out = tmp_path / "src", tmp_path / "out"
+    files = _burned_in_objects()
+    write_tree(src, files)
+    result = _run(src, out, dask_client, **settings)
+    assert result.objects == len(files) and result.written == len(files) - len(quarantined)
+    rows = pd.read_parquet(out / "tables" / "quarantine.parquet")
+    assert {Path(url).name for url in rows.source_url} == quarantined
+    assert set(rows.reason) <= {"burned-in-annotation"}
+    index = pd.concat(pd.read_parquet(p) for p in (out / "dest" / "_index").glob("*.parquet"))
+    expected = {"YES"} if settings.get("allow_burned_in") else set()
+    assert set(index.burned_in_annotation.dropna()) == {"NO"} | expected
+    inventory = scan_batch([str(src / "ct-yes.dcm"), str(src / "sc-no.dcm")], [None, None])
+    assert inventory["burned_in_annotation"].to_pylist() == ["YES", "NO"]
