@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 IO_THREADS = 32  # reads and writes in flight per worker: 20 ms requests still keep up with the engine
 IN_FLIGHT_BYTES = 256 * 2**20  # objects read ahead or waiting to be written, so big objects stay bounded
 UNIT_ATTEMPTS = 3
-# Plan columns a unit's rows carry when the plan has them: what decides the patient of each object.
-UNIT_EXTRAS = ("shift_identity", "research_id", "research_name")
+# Plan columns a unit's rows carry when the plan has them: what decides the patient of each object and
+# whether its pixels may show text.
+UNIT_EXTRAS = ("shift_identity", "research_id", "research_name", "burned_in_annotation")
 # A UID that is safe as a path segment: what the standard allows (new UIDs always are).
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -145,7 +146,9 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
         return _quarantine(row, unit_id, exc.reason, exc.detail), None
     except Exception as exc:  # the engine wraps its own failures; this is a last line of defence
         return _quarantine(row, unit_id, "internal-error", type(exc).__name__), None
-    refused = burned_in.refusal(ds["SOPClassUID"], ds["BurnedInAnnotation"], allow=settings.allow_burned_in,
+    # The output's value, else the input's as the header scan read it (should a profile remove it).
+    marked = ds["BurnedInAnnotation"] or row.get("burned_in_annotation")
+    refused = burned_in.refusal(ds["SOPClassUID"], marked, allow=settings.allow_burned_in,
                                 unknown=settings.burned_in_unknown)
     if refused:
         return _quarantine(row, unit_id, burned_in.REASON, refused), None

@@ -17,6 +17,7 @@ from pydicom.uid import SecondaryCaptureImageStorage, UltrasoundImageStorage, ge
 from samples import PATIENT_NAME, SECRET, study_objects, tree, write_tree
 
 import pipeline
+from pipeline import burned_in
 from pipeline.deid import Profile
 from pipeline.deid.keys import date_shift_days, patient_pseudonym
 from pipeline.deid.stream import deidentify_bytes
@@ -198,3 +199,22 @@ def test_burned_in_guard(tmp_path, dask_client, settings, quarantined):
     assert set(index.burned_in_annotation.dropna()) == {"NO"} | expected
     inventory = scan_batch([str(src / "ct-yes.dcm"), str(src / "sc-no.dcm")], [None, None])
     assert inventory["burned_in_annotation"].to_pylist() == ["YES", "NO"]
+
+
+def test_every_burned_in_class_is_in_pydicoms_dictionary():
+    assert len(burned_in.BURNED_IN_CLASSES) == len(burned_in.BURNED_IN_KEYWORDS)
+
+
+@pytest.mark.parametrize(("sop_class", "marked", "allow", "unknown", "refused"), [
+    ("1.2.840.10008.5.1.4.1.1.2", "YES", False, "allow", True),  # CT marked YES
+    ("1.2.840.10008.5.1.4.1.1.2", "yes ", False, "quarantine", True),
+    ("1.2.840.10008.5.1.4.1.1.2", "YES", True, "quarantine", False),
+    ("1.2.840.10008.5.1.4.1.1.2", None, False, "quarantine", False),  # CT without the attribute
+    (SecondaryCaptureImageStorage, None, False, "quarantine", True),
+    (SecondaryCaptureImageStorage, "", False, "allow", False),
+    (SecondaryCaptureImageStorage, "NO", False, "quarantine", False),
+    (SecondaryCaptureImageStorage, "MAYBE", False, "quarantine", True),  # neither YES nor NO
+    ("1.2.840.10008.5.1.4.1.1.104.1", None, True, "quarantine", False),  # Encapsulated PDF, allowed
+])
+def test_burned_in_refusal(sop_class, marked, allow, unknown, refused):
+    assert bool(burned_in.refusal(sop_class, marked, allow=allow, unknown=unknown)) is refused
