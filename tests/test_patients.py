@@ -18,6 +18,7 @@ from samples import PATIENT_NAME, SECRET, study_objects, tree, write_tree
 
 import pipeline
 from pipeline import burned_in
+from pipeline.cli import _parse
 from pipeline.deid import Profile
 from pipeline.deid.keys import date_shift_days, patient_pseudonym
 from pipeline.deid.stream import deidentify_bytes
@@ -108,8 +109,8 @@ def test_patient_pseudonyms_and_the_crosswalk(tmp_path, dask_client):
     write_tree(src, files)
     ids = sorted({str(pydicom.dcmread(io.BytesIO(d)).PatientID) for d in files.values()})
     crosswalk = _crosswalk_csv(tmp_path / "crosswalk.csv", [(ids[0], "RESEARCH-0001", "SUBJECT^ONE")])
-    result = _run(src, out, dask_client, crosswalk=str(crosswalk), max_unit_objects=1)
-    assert result.written == 6, result.quarantine_reasons
+    result = _run(src, out, dask_client, crosswalk=str(crosswalk), max_unit_objects=1, verify=True)
+    assert result.written == 6 and result.verified, result.report
 
     by_patient: dict[str, set[tuple[str, str]]] = {}
     for data in files.values():
@@ -218,3 +219,16 @@ def test_every_burned_in_class_is_in_pydicoms_dictionary():
 ])
 def test_burned_in_refusal(sop_class, marked, allow, unknown, refused):
     assert bool(burned_in.refusal(sop_class, marked, allow=allow, unknown=unknown)) is refused
+
+
+def test_the_settings_from_flags_and_config(tmp_path):
+    config = tmp_path / "job.toml"
+    config.write_text('pseudonymize_patients = true\ncrosswalk = "ids.csv"\nburned_in_unknown = "allow"\n')
+    args = _parse(["run", "src", "dest", "--tables", "t", "--config", str(config)])
+    assert (args.pseudonymize_patients, args.crosswalk, args.allow_burned_in, args.burned_in_unknown) == (
+        True, "ids.csv", False, "allow")
+    args = _parse(["run", "src", "dest", "--tables", "t", "--allow-burned-in"])
+    assert (args.pseudonymize_patients, args.crosswalk, args.allow_burned_in, args.burned_in_unknown) == (
+        False, None, True, "quarantine")
+    with pytest.raises(SystemExit):
+        _parse(["run", "src", "dest", "--tables", "t", "--burned-in-unknown", "maybe"])
