@@ -60,7 +60,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
     pages = [_joined(o.get("data", {}).get("text/html", "")) for o in outputs]
     assert any("<strong>RunResult</strong>" in page for page in pages)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
-    assert len(list(tmp_path.rglob("deidentified/**/*.dcm"))) == 118
+    assert len(list(tmp_path.rglob("deidentified/**/*.dcm"))) == 94
 
 
 def _upload(s3_server: dict, bucket: str) -> dict[str, bytes]:
