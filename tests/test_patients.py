@@ -19,7 +19,7 @@ from samples import PATIENT_NAME, SECRET, study_objects, tree, write_tree
 import pipeline
 from pipeline import burned_in
 from pipeline.cli import _parse
-from pipeline.deid import Profile
+from pipeline.deid import Profile, Pseudonym, apply
 from pipeline.deid.keys import date_shift_days, patient_pseudonym
 from pipeline.deid.stream import deidentify_bytes
 from pipeline.deid.values import shift
@@ -232,3 +232,22 @@ def test_the_settings_from_flags_and_config(tmp_path):
         False, None, True, "quarantine")
     with pytest.raises(SystemExit):
         _parse(["run", "src", "dest", "--tables", "t", "--burned-in-unknown", "maybe"])
+
+
+@pytest.mark.parametrize(("name", "fast"), [("CT_small.dcm", True), ("MR_small_bigendian.dcm", False)])
+def test_both_walkers_take_a_shift_identity_and_a_pseudonym(name, fast):
+    data = Path(get_testdata_file(name)).read_bytes()
+    original = pydicom.dcmread(io.BytesIO(data))
+    profile = Profile(retain_long_modified_dates=True)
+    identity = b"id\0SOMEONE\0ELSEWHERE"
+    result = deidentify_bytes(data, profile, secret=SECRET, shift_identity=identity,
+                              pseudonym=Pseudonym("R-1", "SUBJECT^ONE"))
+    assert result.fast is fast
+    out = pydicom.dcmread(io.BytesIO(result.data))
+    assert out.StudyDate == shift("DA", original.StudyDate, date_shift_days(SECRET, identity))
+    assert (out.PatientID, str(out.PatientName)) == ("R-1", "SUBJECT^ONE")
+    own = pydicom.dcmread(io.BytesIO(deidentify_bytes(data, profile, secret=SECRET).data))
+    assert own.StudyDate != out.StudyDate and own.PatientID == ""  # without them: its own identity, emptied
+    ds, _ = apply(pydicom.dcmread(io.BytesIO(data)), profile, secret=SECRET, shift_identity=identity,
+                  pseudonym=Pseudonym("R-1", "SUBJECT^ONE"))
+    assert (ds.StudyDate, ds.PatientID) == (out.StudyDate, "R-1")
