@@ -28,8 +28,8 @@ INVENTORY_SCHEMA = pa.schema(
     + [pa.field("header_bytes_read", pa.int64()), pa.field("error", pa.string())]
 )
 _KEYWORDS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
-             "patient_id": "PatientID", "issuer_of_patient_id": "IssuerOfPatientID", "modality": "Modality",
-             "sop_class_uid": "SOPClassUID",
+             "patient_id": "PatientID", "modality": "Modality", "sop_class_uid": "SOPClassUID",
+             "issuer_of_patient_id": "IssuerOfPatientID",
              "burned_in_annotation": "BurnedInAnnotation"}
 
 # A later read fetches at least this many times what was read before, so a header needs few rounds.
