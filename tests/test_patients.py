@@ -200,6 +200,9 @@ def test_burned_in_guard(tmp_path, dask_client, settings, quarantined):
     assert set(index.burned_in_annotation.dropna()) == {"NO"} | expected
     inventory = scan_batch([str(src / "ct-yes.dcm"), str(src / "sc-no.dcm")], [None, None])
     assert inventory["burned_in_annotation"].to_pylist() == ["YES", "NO"]
+    other = {"burned_in_unknown": "allow"} if not settings else {}
+    with pytest.raises(JobError, match="--burned-in-unknown" if not settings else "--"):
+        _run(src, out, dask_client, **other)  # other burned-in settings: a different job
 
 
 def test_every_burned_in_class_is_in_pydicoms_dictionary():
