@@ -179,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="run only shard I (0-based) of N on an embedded cluster, e.g. an array job's "
                             "index; then `finalize` once all are done (default: the whole job)")
     _filter_options(run)
+    _patient_options(run)
     profile = run.add_argument_group("profile options (PS3.15 Annex E; with none: the Basic Profile)")
     for name in FLAGS:
         profile.add_argument(_flag(name), dest=name, action="store_true", help=PROFILE_HELP[name])
@@ -237,6 +238,23 @@ def _filter_options(sub: argparse.ArgumentParser) -> None:
     for name, does in (("include", "keep"), ("exclude", "leave out")):
         group.add_argument(f"--{name}", dest="rules", action=_Filter, metavar="GLOB",
                            help=f"{does} objects whose path matches, e.g. '*.txt' ('*' spans folders)")
+
+
+def _patient_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("patients and burned-in text (job settings: a rerun must repeat them)")
+    group.add_argument("--pseudonymize-patients", action="store_true",
+                       help="Patient ID and Patient's Name become a research ID keyed by the secret (the "
+                            "same in every run); the patient map joins the private tables")
+    group.add_argument("--crosswalk", metavar="FILE",
+                       help="CSV or Parquet with columns patient_id, research_id[, research_name]: research "
+                            "IDs that win where it has a row (implies --pseudonymize-patients; read by the "
+                            "driver, never logged)")
+    group.add_argument("--allow-burned-in", action="store_true",
+                       help="write objects marked Burned In Annotation YES (else quarantined as "
+                            "burned-in-annotation)")
+    group.add_argument("--burned-in-unknown", choices=("quarantine", "allow"), default="quarantine",
+                       help="objects of classes that often show burned-in text (secondary capture, "
+                            "ultrasound, video, scanned documents) without Burned In Annotation YES or NO")
 
 
 def _output_options(sub: argparse.ArgumentParser) -> None:
@@ -362,7 +380,9 @@ def _run(args: argparse.Namespace) -> int:
                          storage_options=_storage_options(args), dry_run=args.dry_run,
                          max_error_rate=args.max_error_rate, progress=_progress(args), rules=args.rules,
                          max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes,
-                         shard=shard, verify=args.verify, **flags)
+                         shard=shard, verify=args.verify, pseudonymize_patients=args.pseudonymize_patients,
+                         crosswalk=args.crosswalk, allow_burned_in=args.allow_burned_in,
+                         burned_in_unknown=args.burned_in_unknown, **flags)
     print(result.report)
     if demo and not args.dry_run:
         print(f"demo: de-identified files in {DEMO_DEST}/, linkage tables in {DEMO_TABLES}/")

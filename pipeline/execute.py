@@ -19,10 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydicom.datadict import keyword_for_tag
 
+from . import burned_in
 from .actions import unit_rows
 from .deid import DeidError, Profile
 from .deid.stream import deidentify_bytes
 from .outputs import store
+from .patients import patient_row, pseudonym_for
 from .secret import SecretError, worker_key
 from .storage import filesystem, retry
 from .tables import put_bytes, write_part
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 IO_THREADS = 32  # reads and writes in flight per worker: 20 ms requests still keep up with the engine
 IN_FLIGHT_BYTES = 256 * 2**20  # objects read ahead or waiting to be written, so big objects stay bounded
 UNIT_ATTEMPTS = 3
+# Plan columns a unit's rows carry when the plan has them: what decides the patient of each object and
+# whether its pixels may show text.
+UNIT_EXTRAS = ("shift_identity", "research_id", "research_name", "burned_in_annotation")
 # A UID that is safe as a path segment: what the standard allows (new UIDs always are).
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -48,6 +53,9 @@ class Settings:
     storage_options: dict | None = field(default=None, repr=False)
     io_threads: int = IO_THREADS
     progress_seconds: float = 1.0  # how often a running unit reports how far it got
+    pseudonymize_patients: bool = False  # Patient ID and Name become research IDs (patients.py)
+    allow_burned_in: bool = False  # write objects marked Burned In Annotation YES (burned_in.py)
+    burned_in_unknown: str = "quarantine"  # objects of burned-in classes without the attribute
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class _Outcome(NamedTuple):
     uids: list[dict]
     index: dict | None
     actions: Counter | None = None  # (tag, action code, operation) -> count, for written objects
+    patient: dict | None = None  # the patient map's row, when patients get research IDs
 
 
 def marker_path(tables_path: str, unit_id: str) -> str:
@@ -130,13 +139,21 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
         data = read.result()
     except Exception as exc:  # gone, forbidden, or still failing after retries
         return _quarantine(row, unit_id, "read-error", f"{type(exc).__name__}: {exc}"), None
+    pseudonym = pseudonym_for(row, key) if settings.pseudonymize_patients else None
     try:
-        result = deidentify_bytes(data, settings.profile, secret=key)
+        result = deidentify_bytes(data, settings.profile, secret=key, pseudonym=pseudonym,
+                                  shift_identity=row.get("shift_identity"))
         out, ds = result.data, result.header  # the output's own values name it and fill the index
     except DeidError as exc:
         return _quarantine(row, unit_id, exc.reason, exc.detail), None
     except Exception as exc:  # the engine wraps its own failures; this is a last line of defence
         return _quarantine(row, unit_id, "internal-error", type(exc).__name__), None
+    # The output's value, else the input's as the header scan read it (should a profile remove it).
+    marked = ds["BurnedInAnnotation"] or row.get("burned_in_annotation")
+    refused = burned_in.refusal(ds["SOPClassUID"], marked, allow=settings.allow_burned_in,
+                                unknown=settings.burned_in_unknown)
+    if refused:
+        return _quarantine(row, unit_id, burned_in.REASON, refused), None
     parts = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     if not all(p and _SAFE_UID.match(p) for p in parts):
         return _quarantine(row, unit_id, "missing-uid",
@@ -152,10 +169,11 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
              "modality": _text(ds, "Modality"), "sop_class_uid": _text(ds, "SOPClassUID"),
              "series_description": _text(ds, "SeriesDescription"), "rows": _number(ds, "Rows"),
              "columns": _number(ds, "Columns"), "number_of_frames": _number(ds, "NumberOfFrames"),
-             "size": len(out), "key": key}
+             "burned_in_annotation": _text(ds, "BurnedInAnnotation"), "size": len(out), "key": key}
     manifest = {"source_url": row["url"], "status": "written", "output_key": key, "reason": None,
                 "source_size": row["size"], "output_size": len(out), "unit_id": unit_id}
-    return _Outcome(manifest, None, uids, index, result.actions), out
+    return _Outcome(manifest, None, uids, index, result.actions,
+                    pseudonym and patient_row(row, pseudonym, unit_id)), out
 
 
 def _duplicate_of_written(row: dict, outcomes: list[_Outcome], unit_id: str) -> _Outcome | None:
@@ -194,11 +212,13 @@ def _unit_tables(outcomes: list[_Outcome], unit_id: str) -> dict[str, list[dict]
     for outcome in outcomes:
         for uid_row in outcome.uids:
             uids.setdefault(uid_row["original_uid"], uid_row)
-    return {"manifest": [o.manifest for o in outcomes],
-            "quarantine": [o.quarantine for o in outcomes if o.quarantine],
-            "index": [o.index for o in outcomes if o.index],
-            "uid_map": list(uids.values()),
-            "actions": unit_rows((o.actions for o in outcomes if o.actions and o.index), unit_id)}
+    tables = {"manifest": [o.manifest for o in outcomes],
+              "quarantine": [o.quarantine for o in outcomes if o.quarantine],
+              "index": [o.index for o in outcomes if o.index],
+              "uid_map": list(uids.values()),
+              "actions": unit_rows((o.actions for o in outcomes if o.actions and o.index), unit_id)}
+    patients = {tuple(o.patient.values()): o.patient for o in outcomes if o.patient and o.index}
+    return {**tables, "patient_map": list(patients.values())} if patients else tables
 
 
 def run_unit(unit: Unit, settings: Settings) -> dict:
@@ -283,7 +303,8 @@ def _units(plan: pa.Table) -> dict[str, pa.Table]:
     """The plan's rows split by unit, each unit's rows contiguous."""
     # A job's plans carry their own (they also know the objects earlier runs processed).
     found = plan["duplicate_of"] if "duplicate_of" in plan.column_names else duplicates(plan)
-    table = plan.select(["unit_id", "url", "size"]).append_column("duplicate_of", found)
+    extra = [column for column in UNIT_EXTRAS if column in plan.column_names]
+    table = plan.select(["unit_id", "url", "size", *extra]).append_column("duplicate_of", found)
     table = table.take(pc.sort_indices(table, sort_keys=[("unit_id", "ascending"), ("url", "ascending")]))
     ids = table["unit_id"].to_numpy(zero_copy_only=False)
     if not len(ids):

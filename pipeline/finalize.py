@@ -15,7 +15,7 @@ from .runs import CHANGES, RUN_SCHEMA, SHARDS_FOLDER, RunInfo, close_run, planne
 from .storage import filesystem, retry
 from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
 
-PRIVATE_TABLES = ("manifest", "uid_map", "quarantine")
+PRIVATE_TABLES = ("manifest", "uid_map", "quarantine", "patient_map")
 SUPERSEDED = "superseded"  # manifest status of an object's row once a later run processed it again
 INDEX_FOLDER = "_index"
 SUMMARY_NAME = "summary.json"
@@ -139,7 +139,8 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
     for fs, path in ((tables_fs, tables_path), (dest_fs, dest_path)):
         remove_stale_temporaries(fs, path)
     # Only units of stored plans: a shard that lost a race to write a run's plan leaves nothing counted.
-    tables_rows = {"manifest": past.manifest, "quarantine": past.quarantine, "uid_map": None}
+    tables_rows = {"manifest": past.manifest, "quarantine": past.quarantine, "uid_map": None,
+                   "patient_map": None}
     for name, transform in tables_rows.items():
         compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet", done, transform)
     compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done, past.index)

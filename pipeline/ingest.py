@@ -15,6 +15,7 @@ from .execute import duplicates
 from .filters import apply_filters
 from .job import source_still_there
 from .listing import list_objects
+from .patients import shift_identities
 from .plan import plan
 from .runs import (
     RUN_SCHEMA,
@@ -49,11 +50,10 @@ def shard_of(unit_id: str, shards: int) -> int:
     return int.from_bytes(hashlib.blake2b(unit_id.encode(), digest_size=8).digest(), "big") % shards
 
 
-def _earlier_copies(fs, path: str, runs: list[RunInfo], planned: pa.Table) -> pa.Array:
+def _earlier_copies(earlier: pa.Table, planned: pa.Table) -> pa.Array:
     """For each planned row, the url of an object with the same SOP Instance UID that an earlier run
-    planned and that is not processed again now; else null. Outputs of gone objects stay in DEST, so they
-    count too: one SOP instance never gets two outputs."""
-    earlier = every_planned(fs, path, runs, ["url", "sop_uid"])
+    planned (`earlier`: their url and sop_uid) and that is not processed again now; else null. Outputs of
+    gone objects stay in DEST, so they count too: one SOP instance never gets two outputs."""
     # Small hash tables (this run's objects), probed by the earlier rows: the archive is never hashed.
     same_sop = pc.is_in(earlier["sop_uid"], value_set=planned["sop_uid"], skip_nulls=True)
     earlier = earlier.filter(same_sop)
@@ -91,8 +91,10 @@ def _plan_changes(fs, path: str, runs: list[RunInfo], number: int, changes, stor
     column = planned.schema.get_field_index("unit_id")
     planned = planned.set_column(column, "unit_id", unit_ids(planned, number))
     planned = planned.join(todo.select(["url", "version", "change"]), keys="url").sort_by("url")
+    earlier = every_planned(fs, path, runs, ["url", "sop_uid", "study_uid", "shift_identity"])
     # A copy planned now points at the first planned copy, which alone is checked against earlier runs.
-    copies = pc.coalesce(duplicates(planned), _earlier_copies(fs, path, runs, planned))
+    copies = pc.coalesce(duplicates(planned), _earlier_copies(earlier, planned))
+    planned = planned.append_column("shift_identity", shift_identities(planned, earlier))
     return _beside_kept(planned.append_column("duplicate_of", copies))
 
 

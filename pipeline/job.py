@@ -36,6 +36,9 @@ UNITS_PER_THREAD = 8  # enough units that no worker idles while another finishes
 MIN_UNIT_OBJECTS = 10  # below this, per-unit overhead (parts, marker, task) dominates
 MIN_UNIT_BYTES = 2**20
 LOCAL_DASHBOARD = "127.0.0.1:0"  # the embedded cluster's dashboard: this machine only, unless asked
+# Job settings beyond the profile, with their defaults (the crosswalk is recorded as used or not).
+PATIENT_SETTINGS = {"pseudonymize_patients": False, "crosswalk": False, "allow_burned_in": False,
+                    "burned_in_unknown": "quarantine"}
 SHARD_THREADS = 4  # shards size units as if each had this many threads: alike on every shard's machine
 
 
@@ -264,9 +267,29 @@ def differences(recorded: dict, asked: dict) -> list[str]:
             found.append("secret")
         elif name == "filters":
             found.append("--include/--exclude")
+        elif name in PATIENT_SETTINGS:
+            found.append(_flag(name))
         else:
             found.append(f"{name.upper()} (was {was}, now {now})")
     return found
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _patient_settings(pseudonymize_patients: bool, crosswalk: str | None, allow_burned_in: bool,
+                      burned_in_unknown: str) -> dict:
+    """The patient and burned-in settings that differ from their defaults, as the job records them (jobs
+    recorded before these settings existed resume with the defaults)."""
+    from .burned_in import UNKNOWN_CHOICES
+
+    if burned_in_unknown not in UNKNOWN_CHOICES:
+        raise JobError(f"burned_in_unknown must be one of {', '.join(UNKNOWN_CHOICES)}, "
+                       f"not {burned_in_unknown!r}")
+    asked = {"pseudonymize_patients": pseudonymize_patients or bool(crosswalk), "crosswalk": bool(crosswalk),
+             "allow_burned_in": allow_burned_in, "burned_in_unknown": burned_in_unknown}
+    return {name: value for name, value in asked.items() if value != PATIENT_SETTINGS[name]}
 
 
 def _remaining(planned: pa.Table, done: set[str]) -> pa.Table:
@@ -292,6 +315,16 @@ def _dry_run(source: str, dest: str, tables: str, work: Work, done: set[str]) ->
     return RunResult(source, dest, tables, objects=listed, units_total=len(units),
                      units_skipped=len(units) - len(pc.unique(todo["unit_id"])), dry_run=True,
                      report=report)
+
+
+def _crosswalk(url: str, storage_options: dict | None) -> dict[str, tuple[str, str]]:
+    """The crosswalk, read here in the driver; a unit gets only its own patients' rows."""
+    from .patients import CrosswalkError, read_crosswalk
+
+    try:
+        return read_crosswalk(absolute(url), storage_options)
+    except CrosswalkError as exc:
+        raise JobError(f"--crosswalk: {exc}") from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -342,15 +375,23 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         max_error_rate: float | None = None, progress: bool = False, *, max_unit_objects: int = 1000,
         max_unit_bytes: int = 2**31, on_unit: Callable[[dict], None] | None = None, send_secret: bool = False,
         dashboard_address: str = LOCAL_DASHBOARD, shard: tuple[int, int] | None = None,
-        verify: bool = False, rules: list[tuple[str, str]] | None = None, **profile_flags: bool) -> RunResult:
+        verify: bool = False, rules: list[tuple[str, str]] | None = None, pseudonymize_patients: bool = False,
+        crosswalk: str | None = None, allow_burned_in: bool = False, burned_in_unknown: str = "quarantine",
+        **profile_flags: bool) -> RunResult:
     """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
     an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
     units and leave finalizing to `finalize_job` once every shard is done.
     `verify` checks the finished run as `dicom-deid verify` does; `ok` is then False on any finding.
-    `rules` are ("include" | "exclude", glob) pairs on paths relative to `source`, later ones winning."""
+    `rules` are ("include" | "exclude", glob) pairs on paths relative to `source`, later ones winning.
+    `pseudonymize_patients` gives Patient ID and Name keyed research IDs, `crosswalk` (CSV or Parquet:
+    patient_id, research_id[, research_name]; implies pseudonyms) gives them where it has a row.
+    Objects marked Burned In Annotation YES are quarantined unless `allow_burned_in`; objects of classes
+    known to show burned-in text, without the attribute, follow `burned_in_unknown` ("quarantine",
+    "allow")."""
     from .execute import Settings, committed_units, run_units
     from .finalize import describe, finalize, read_summary
     from .ingest import shard_of
+    from .patients import with_crosswalk
     from .workers import check_workers
 
     started = time.perf_counter()
@@ -362,8 +403,10 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         raise JobError("max_error_rate must be between 0 and 1")
     if verify and shard:
         raise JobError("a shard holds only part of the job: run `dicom-deid verify` after `finalize`")
+    patients = _patient_settings(pseudonymize_patients, crosswalk, allow_burned_in, burned_in_unknown)
     source, dest, tables = absolute(source), absolute(dest), absolute(tables)
     check_locations(source, dest, tables, storage_options)
+    research_ids = _crosswalk(crosswalk, storage_options) if crosswalk else None
     key = None if dry_run else resolve_key(secret)
     with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
         log.info("Dask dashboard: %s", active.dashboard_link)
@@ -371,6 +414,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                     "secret_fingerprint": None if dry_run else fingerprint(key)}
         if rules:  # only then, so jobs recorded before filters existed still resume
             identity["filters"] = [list(rule) for rule in rules]
+        identity.update(patients)
         record = None if dry_run else _claim(tables, identity, storage_options)
         with stage("checking that every worker holds the job's secret"):
             check_workers(active, key and fingerprint(key))
@@ -385,7 +429,13 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
             units = pc.unique(planned["unit_id"]).to_pylist()
             mine = pa.array([unit for unit in units if shard_of(unit, shard[1]) == shard[0]], pa.string())
             planned = planned.filter(pc.is_in(planned["unit_id"], value_set=mine))
-        settings = Settings(dest, tables, profile, fingerprint(key), storage_options)
+        if research_ids is not None:
+            planned = with_crosswalk(planned, research_ids)
+        chosen = {**PATIENT_SETTINGS, **patients}
+        settings = Settings(dest, tables, profile, fingerprint(key), storage_options,
+                            pseudonymize_patients=chosen["pseudonymize_patients"],
+                            allow_burned_in=chosen["allow_burned_in"],
+                            burned_in_unknown=chosen["burned_in_unknown"])
         todo = _remaining(planned, done)
         show = progress and todo.num_rows
         bars = UnitMeter(todo.num_rows, pc.sum(todo["size"]).as_py() or 0) if show else None

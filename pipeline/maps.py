@@ -14,7 +14,7 @@ import pydicom
 from .job import JOB_NAME, JobError, absolute
 from .runs import every_planned, stored_runs
 from .storage import filesystem, retry
-from .tables import MANIFEST_SCHEMA, UID_MAP_SCHEMA, put_bytes, read_table
+from .tables import MANIFEST_SCHEMA, PATIENT_MAP_SCHEMA, UID_MAP_SCHEMA, put_bytes, read_table
 
 HEADER_BYTES = 2**16  # a header's Patient ID lies well inside its first 64 KiB
 _THREADS = 16
@@ -38,9 +38,11 @@ def _patient_id(fs, path: str) -> str:
 def export_maps(tables: str, out: str, storage_options: dict | None = None) -> dict[str, int]:
     """Write OUT/uid_map.csv and OUT/patient_map.csv; return each file's row count.
 
-    The patient map pairs each original Patient ID the runs' plans hold with the Patient ID its first
-    written output (by key) carries: what the run wrote, whatever the profile did to it (the Basic
-    Profile empties it). Patients none of whose objects was written are left out.
+    The patient map pairs each original Patient ID with the Patient ID its outputs carry. A job that
+    pseudonymized patients holds that map in TABLES/patient_map.parquet (each study's patient and its
+    research ID); otherwise each original Patient ID the runs' plans hold is paired with the Patient ID
+    its first written output (by key) carries: what the run wrote, whatever the profile did to it (the
+    Basic Profile empties it). Patients none of whose objects was written are left out.
     """
     fs, path = filesystem(absolute(tables), storage_options)
     if not retry(fs.exists, f"{path}/{JOB_NAME}") or not retry(fs.exists, f"{path}/manifest.parquet"):
@@ -49,6 +51,21 @@ def export_maps(tables: str, out: str, storage_options: dict | None = None) -> d
     uids = read_table(fs, f"{path}/uid_map.parquet", UID_MAP_SCHEMA)
     uid_pairs = sorted({(r["original_uid"], r["new_uid"]) for r in uids.select(["original_uid", "new_uid"])
                         .to_pylist()})
+    if job.get("pseudonymize_patients"):
+        patients = read_table(fs, f"{path}/patient_map.parquet", PATIENT_MAP_SCHEMA)
+        patient_pairs = sorted(set(zip(patients["original_patient_id"].to_pylist(),
+                                       patients["new_patient_id"].to_pylist(), strict=True)))
+    else:
+        patient_pairs = _written_patient_ids(fs, path, job, storage_options)
+    out_fs, out_path = filesystem(absolute(out), storage_options)
+    retry(out_fs.makedirs, out_path, exist_ok=True)
+    put_bytes(out_fs, f"{out_path}/uid_map.csv", _csv(uid_pairs))
+    put_bytes(out_fs, f"{out_path}/patient_map.csv", _csv(patient_pairs))
+    return {"uid_map.csv": len(uid_pairs), "patient_map.csv": len(patient_pairs)}
+
+
+def _written_patient_ids(fs, path: str, job: dict, storage_options: dict | None) -> list[tuple[str, str]]:
+    """Each planned original Patient ID with the Patient ID its first written output carries."""
     manifest = read_table(fs, f"{path}/manifest.parquet", MANIFEST_SCHEMA)
     written = manifest.filter(pc.equal(manifest["status"], "written"))
     key_of = dict(zip(written["source_url"].to_pylist(), written["output_key"].to_pylist(), strict=True))
@@ -63,9 +80,4 @@ def export_maps(tables: str, out: str, storage_options: dict | None = None) -> d
     dest_fs, dest_path = filesystem(job["dest"], storage_options)
     with ThreadPoolExecutor(_THREADS) as pool:
         new_ids = pool.map(lambda key: retry(_patient_id, dest_fs, f"{dest_path}/{key}"), first_key.values())
-        patient_pairs = sorted(zip(first_key, new_ids, strict=True))
-    out_fs, out_path = filesystem(absolute(out), storage_options)
-    retry(out_fs.makedirs, out_path, exist_ok=True)
-    put_bytes(out_fs, f"{out_path}/uid_map.csv", _csv(uid_pairs))
-    put_bytes(out_fs, f"{out_path}/patient_map.csv", _csv(patient_pairs))
-    return {"uid_map.csv": len(uid_pairs), "patient_map.csv": len(patient_pairs)}
+        return sorted(zip(first_key, new_ids, strict=True))

@@ -33,8 +33,10 @@ _FEW_VALUES = ["modality", "sop_class_uid", "transfer_syntax_uid", "burned_in_an
                "change"]
 CHANGES = ("new", "changed", "gone", "unchanged")
 # The plan's columns, all nullable (only planned rows have a unit), and what the listing and ingestion add.
+# shift_identity: the patient identity that keys the date shift of every object of the row's study.
 RUN_SCHEMA = pa.schema([field.with_nullable(True) for field in PLAN_SCHEMA]
-                       + [pa.field(name, pa.string()) for name in ("version", "duplicate_of", "change")])
+                       + [pa.field(name, pa.string()) for name in ("version", "duplicate_of", "change")]
+                       + [pa.field("shift_identity", pa.binary())])
 _LISTED = ["url", "size", "version"]
 
 
@@ -83,10 +85,13 @@ def _read(fs, tables_path: str, run: RunInfo, columns: list[str], rows: slice) -
         sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
         ends = np.cumsum([0, *sizes])
         groups = [i for i in range(len(sizes)) if ends[i] < rows.stop and ends[i + 1] > rows.start]
-        table = parquet.read_row_groups(groups, columns=columns) if groups else \
-            RUN_SCHEMA.empty_table().select(columns)
+        stored = [c for c in columns if c in parquet.schema_arrow.names]  # older runs lack newer columns
+        table = parquet.read_row_groups(groups, columns=stored) if groups else \
+            RUN_SCHEMA.empty_table().select(stored)
     first = int(ends[groups[0]]) if groups else 0
-    return table.slice(rows.start - first, rows.stop - rows.start)
+    table = table.slice(rows.start - first, rows.stop - rows.start)
+    return pa.table({c: table[c] if c in stored else pa.nulls(table.num_rows, RUN_SCHEMA.field(c).type)
+                     for c in columns})
 
 
 def planned_rows(fs, tables_path: str, run: RunInfo, columns: list[str] | None = None) -> pa.Table:

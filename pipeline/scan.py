@@ -20,8 +20,8 @@ from .storage import filesystem, read_many, retry
 
 log = logging.getLogger(__name__)
 
-_NULLABLE_STRINGS = ("study_uid", "series_uid", "sop_uid", "patient_id", "modality", "sop_class_uid",
-                     "transfer_syntax_uid", "burned_in_annotation")
+_NULLABLE_STRINGS = ("study_uid", "series_uid", "sop_uid", "patient_id", "issuer_of_patient_id", "modality",
+                     "sop_class_uid", "transfer_syntax_uid", "burned_in_annotation")
 INVENTORY_SCHEMA = pa.schema(
     [pa.field("url", pa.string(), nullable=False), pa.field("size", pa.int64())]
     + [pa.field(name, pa.string()) for name in _NULLABLE_STRINGS]
@@ -29,6 +29,7 @@ INVENTORY_SCHEMA = pa.schema(
 )
 _KEYWORDS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
              "patient_id": "PatientID", "modality": "Modality", "sop_class_uid": "SOPClassUID",
+             "issuer_of_patient_id": "IssuerOfPatientID",
              "burned_in_annotation": "BurnedInAnnotation"}
 
 # A later read fetches at least this many times what was read before, so a header needs few rounds.

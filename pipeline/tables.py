@@ -49,6 +49,7 @@ INDEX_SCHEMA = pa.schema([
     ("rows", pa.int64()),
     ("columns", pa.int64()),
     ("number_of_frames", pa.int64()),
+    ("burned_in_annotation", pa.string()),
     ("size", pa.int64()),
     ("key", pa.string()),
 ])
@@ -61,8 +62,19 @@ ACTIONS_PART_SCHEMA = pa.schema([
     ("count", pa.int64()),
     ("unit_id", pa.string()),
 ])
+# Original patient (as decided for a study) -> the research ID and name its objects got; source says
+# whether a crosswalk row or the keyed pseudonym gave them.
+PATIENT_MAP_SCHEMA = pa.schema([
+    ("original_patient_id", pa.string()),
+    ("original_issuer", pa.string()),
+    ("new_patient_id", pa.string()),
+    ("new_patient_name", pa.string()),
+    ("source", pa.string()),
+    ("unit_id", pa.string()),
+])
 PART_SCHEMAS = {"uid_map": UID_MAP_SCHEMA, "manifest": MANIFEST_SCHEMA,
-                "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA, "actions": ACTIONS_PART_SCHEMA}
+                "quarantine": QUARANTINE_SCHEMA, "index": INDEX_SCHEMA, "actions": ACTIONS_PART_SCHEMA,
+                "patient_map": PATIENT_MAP_SCHEMA}
 ROW_GROUP_ROWS = 100_000
 _READ_BATCH = 256
 _TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")

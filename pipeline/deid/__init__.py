@@ -2,9 +2,10 @@
 
 from .engine import Result, apply, deidentify
 from .errors import DeidError
+from .operations import Pseudonym
 from .parse import parse, serialize
 from .profile import FLAGS, Profile, basic_profile
 from .rules import action_for
 
-__all__ = ["FLAGS", "DeidError", "Profile", "Result", "action_for", "apply", "basic_profile",
+__all__ = ["FLAGS", "DeidError", "Profile", "Pseudonym", "Result", "action_for", "apply", "basic_profile",
            "deidentify", "parse", "serialize"]

@@ -35,6 +35,7 @@ from .operations import (
     WALK_CLEAN,
     WALK_DUMMY,
     PrivateBlocks,
+    Pseudonym,
     UidMapper,
     operation,
     orphaned_overlay_groups,
@@ -256,20 +257,26 @@ class Result(NamedTuple):
     actions: Counter
 
 
-def apply(dataset: Dataset, profile: Profile | None = None, *,
-          secret: str | bytes | None = None, **flags: bool) -> tuple[FileDataset, dict[str, str]]:
-    """De-identify `dataset` into a new file dataset; return it with original UID -> new UID."""
-    result = deidentify(dataset, resolve(profile, flags), secret=secret)
+def apply(dataset: Dataset, profile: Profile | None = None, *, secret: str | bytes | None = None,
+          shift_identity: bytes | None = None, pseudonym: Pseudonym | None = None,
+          **flags: bool) -> tuple[FileDataset, dict[str, str]]:
+    """De-identify `dataset` into a new file dataset; return it with original UID -> new UID.
+
+    `shift_identity` keys the date shift instead of this dataset's own patient identity (so that every
+    object of a study shifts alike); `pseudonym` replaces Patient ID and Patient's Name."""
+    result = deidentify(dataset, resolve(profile, flags), secret=secret, shift_identity=shift_identity,
+                        pseudonym=pseudonym)
     return result.dataset, result.uid_map
 
 
-def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None = None) -> Result:
+def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None = None,
+               shift_identity: bytes | None = None, pseudonym: Pseudonym | None = None) -> Result:
     """`apply` that also says where each replaced UID came from (the byte walker falls back to it)."""
     try:
         _refuse_unusable(dataset)
         key = resolve_secret(secret)
         syntax = transfer_syntax(dataset)
-        identity = patient_identity(lambda tag: _raw_text(dataset, tag))
+        identity = shift_identity or patient_identity(lambda tag: _raw_text(dataset, tag))
         walk = _Walk(profile, UidMapper(key), date_shift_days(key, identity),
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
                      iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset),
@@ -277,6 +284,8 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         body = walk.items(dataset, 0, WALK)
         walk.clean()
         walk.guard.check()
+        for tag, vr, value in pseudonym.elements() if pseudonym else ():
+            body[tag] = DataElement(tag, vr, value)
         mark(body, profile)
         meta = file_meta_for(body, syntax)
     except DeidError:

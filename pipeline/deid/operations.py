@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .clean import CLEANED_VRS
 from .errors import DeidError
@@ -157,3 +158,14 @@ def patient_identity(value_of: Callable[[int], bytes]) -> bytes:
         return b"id\x00" + patient_id + b"\x00" + value_of(ISSUER)
     name = value_of(PATIENT_NAME)
     return b"name\x00" + name if name else b"study\x00" + value_of(STUDY_UID)
+
+
+class Pseudonym(NamedTuple):
+    """What replaces the top-level Patient ID and Patient's Name, whatever the profile does to them."""
+
+    patient_id: str
+    patient_name: str
+
+    def elements(self) -> tuple[tuple[int, str, str], ...]:
+        """(tag, VR, value) of the two elements written in place of the originals."""
+        return ((PATIENT_NAME, "PN", self.patient_name), (PATIENT_ID, "LO", self.patient_id))

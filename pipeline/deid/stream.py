@@ -42,6 +42,7 @@ from .operations import (
     WALK,
     WALK_CLEAN,
     PrivateBlocks,
+    Pseudonym,
     UidMapper,
     name,
     operation,
@@ -84,7 +85,7 @@ _ITEM_START, _ITEM_END, _SEQUENCE_END = (pack("<HHI", 0xFFFE, element, length) f
 HEADER = {0x00080005: "SpecificCharacterSet", 0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
           0x00080060: "Modality", 0x0008103E: "SeriesDescription", 0x0020000D: "StudyInstanceUID",
           0x0020000E: "SeriesInstanceUID", 0x00280008: "NumberOfFrames", 0x00280010: "Rows",
-          0x00280011: "Columns"}
+          0x00280011: "Columns", 0x00280301: "BurnedInAnnotation"}
 
 
 class FileResult(NamedTuple):
@@ -126,14 +127,17 @@ def _flat(chunk: Chunk):
         yield chunk
 
 
-def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None) -> FileResult:
-    """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError)."""
+def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None,
+                     shift_identity: bytes | None = None, pseudonym: Pseudonym | None = None) -> FileResult:
+    """Bytes of one DICOM file in, bytes of its de-identified file out (or DeidError); `shift_identity`
+    and `pseudonym` as in `engine.apply`."""
     key = resolve_secret(secret)
     try:
         try:
-            return _Stream(data, profile, key).file()
+            return _Stream(data, profile, key, shift_identity, pseudonym).file()
         except (_Unsupported, UnicodeError):
-            result = deidentify(parse(data), profile, secret=key)
+            result = deidentify(parse(data), profile, secret=key, shift_identity=shift_identity,
+                                pseudonym=pseudonym)
             return FileResult(serialize(result.dataset), result.uid_map, result.uid_attributes, False,
                               header_of(result.dataset), result.actions)
     except DeidError:
@@ -242,11 +246,13 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
 class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
-    def __init__(self, data: bytes, profile: Profile, key: bytes) -> None:
+    def __init__(self, data: bytes, profile: Profile, key: bytes, shift_identity: bytes | None = None,
+                 pseudonym: Pseudonym | None = None) -> None:
         super().__init__(data)
         self.view, self.profile, self.key = memoryview(data), profile, key
         self.uids = UidMapper(key)
         self.shifting = shifting_dates(profile)
+        self.shift_identity, self.pseudonym = shift_identity, pseudonym
         self.shift_days: int | None = None
         self.actions = _actions(profile)
         self.placed = placed_tags(profile)
@@ -274,6 +280,8 @@ class _Stream(Reader):
         if not header["SOPInstanceUID"] or header["SOPClassUID"] in (None, "", DICOMDIR_SOP_CLASS):
             raise _Unsupported
         markers = dict(_marker_elements(self.profile, self.implicit))
+        for tag, vr, value in self.pseudonym.elements() if self.pseudonym else ():
+            markers[tag] = _element(tag, vr, value, self.implicit)
         body = sorted([c for c in chunks if c[0] not in markers] + list(markers.items()),
                       key=lambda c: c[0])
         self.guard.check()
@@ -524,7 +532,7 @@ class _Stream(Reader):
     def _shift(self) -> int:
         if self.shift_days is None:
             values = self._top_values(IDENTITY_TAGS)
-            identity = patient_identity(lambda tag: values.get(tag, b""))
+            identity = self.shift_identity or patient_identity(lambda tag: values.get(tag, b""))
             self.shift_days = date_shift_days(self.key, identity)
         return self.shift_days
 
