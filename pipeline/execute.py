@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 from pydicom.datadict import keyword_for_tag
 
 from .deid import DeidError, Profile
@@ -33,6 +34,7 @@ IN_FLIGHT_BYTES = 256 * 2**20  # objects read ahead or waiting to be written, so
 UNIT_ATTEMPTS = 3
 # A UID that is safe as a path segment: what the standard allows (new UIDs always are).
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_LOCAL_PREFIX = "file:///"
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,12 @@ def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
 
 
 def _read(row: dict, storage_options: dict | None) -> bytes:
-    """The object's bytes, retrying transient errors."""
-    fs, path = filesystem(row["url"], storage_options)
+    """The object's bytes, retrying transient errors; a local file directly, without fsspec."""
+    url = row["url"]
+    if url.startswith(_LOCAL_PREFIX):
+        with open(LocalFileSystem._strip_protocol(url), "rb") as f:  # as fsspec names it, without its cost
+            return f.read()
+    fs, path = filesystem(url, storage_options)
     return retry(fs.cat_file, path)
 
 
@@ -203,6 +209,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     key = worker_key(settings.fingerprint)  # this process's own secret, checked against the job's
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
     tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
+    folders: set[str] = set()
     rows = sorted(unit.rows, key=lambda r: (bool(r.get("duplicate_of")), r["url"]))  # kept copies first
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -238,7 +245,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
             report(len(outcomes), source_bytes)
             if out is not None:
                 write = pool.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
-                                    row["url"], out)
+                                    row["url"], out, folders)
                 writes.append((write, len(out), len(outcomes) - 1))
                 pending += len(out)
             while writes and (writes[0][0].done() or len(writes) > settings.io_threads
