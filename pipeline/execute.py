@@ -341,6 +341,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
         done = committed_units(settings.tables, settings.storage_options)
     queue = _largest_first({u: rows for u, rows in units.items() if u not in done})
     progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
+    if not queue:  # nothing to run: no client needed (a small job starts none)
+        return progress
     window = window or max(2, 2 * sum(client.nthreads().values()))
     run_token = uuid.uuid4().hex[:8]
     topic = f"dicom-deid-progress-{run_token}" if on_partial else None
