@@ -188,6 +188,7 @@ def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOA
           LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
                        dashboard_address=dashboard_address) as local,
           Client(local) as client):
+        log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
 
 
