@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -93,6 +94,12 @@ def _number(ds, keyword: str) -> int | None:
         return None
 
 
+@lru_cache(maxsize=4096)
+def _attribute(tag: int) -> str:
+    """The keyword a uid_map row names its attribute by (hex for tags no dictionary knows)."""
+    return keyword_for_tag(tag) or f"{tag:08X}"
+
+
 def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
     manifest = {"source_url": row["url"], "status": "quarantined", "output_key": None, "reason": reason,
                 "source_size": row["size"], "output_size": None, "unit_id": unit_id}
@@ -146,10 +153,9 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
         return _quarantine(row, unit_id, "missing-uid",
                            "no valid Study, Series and SOP Instance UID to name the output by"), None
     key = "/".join(parts[:2]) + f"/{parts[2]}.dcm"
-    original_study = {new: old for old, new in result.uid_map.items()}.get(parts[0], parts[0])
-    uids = [{"original_uid": original, "new_uid": new,
-             "attribute": keyword_for_tag(result.uid_attributes[original]) or
-             f"{result.uid_attributes[original]:08X}",
+    original_study = next((old for old, new in result.uid_map.items() if new == parts[0]), parts[0])
+    attributes = result.uid_attributes
+    uids = [{"original_uid": original, "new_uid": new, "attribute": _attribute(attributes[original]),
              "original_study_uid": original_study, "new_study_uid": parts[0], "unit_id": unit_id}
             for original, new in result.uid_map.items()]
     index = {"study_uid": parts[0], "series_uid": parts[1], "sop_uid": parts[2],
