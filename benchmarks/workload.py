@@ -26,15 +26,15 @@ def engine_once(data: bytes) -> bytes:
 
 
 def _variant(data: bytes, sop: str, copy: int) -> bytes:
-    """The object under another SOP Instance UID of the same length (its last digit moved on by `copy`)."""
-    other = sop[:-1] + str((int(sop[-1]) + copy) % 10)
+    """The object under another SOP Instance UID of the same length (its last 3 digits moved on by `copy`)."""
+    other = sop[:-3] + f"{(int(sop[-3:]) + copy) % 1000:03d}"
     return data.replace(sop.encode(), other.encode())
 
 
 def make_workload(target: Path, source: Path | None = None, max_size: int = 2_000_000,
                   copies: int = 1) -> list[Path]:
     """Copy objects the engine accepts, one per SOP Instance UID, so no object is a cheap duplicate;
-    with `copies` > 1 (at most 10), each also under other SOP Instance UIDs, for a larger workload."""
+    with `copies` > 1 (at most 1000), each also under other SOP Instance UIDs, for a larger workload."""
     source = source or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists()
                         else Path(get_testdata_file("CT_small.dcm")).parent)
     warnings.simplefilter("ignore")
@@ -47,7 +47,7 @@ def make_workload(target: Path, source: Path | None = None, max_size: int = 2_00
             engine_once(data)
         except (DeidError, AttributeError):
             continue
-        if sop in seen or not sop[-1:].isdigit():
+        if sop in seen or not sop[-3:].isdigit():
             continue
         seen.add(sop)
         for copy in range(copies):

@@ -12,11 +12,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 from pydicom.datadict import keyword_for_tag
 
 from . import burned_in
@@ -39,6 +41,7 @@ UNIT_ATTEMPTS = 3
 UNIT_EXTRAS = ("shift_identity", "research_id", "research_name", "burned_in_annotation")
 # A UID that is safe as a path segment: what the standard allows (new UIDs always are).
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_LOCAL_PREFIX = "file:///"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,12 @@ def _number(ds, keyword: str) -> int | None:
         return None
 
 
+@lru_cache(maxsize=4096)
+def _attribute(tag: int) -> str:
+    """The keyword a uid_map row names its attribute by (hex for tags no dictionary knows)."""
+    return keyword_for_tag(tag) or f"{tag:08X}"
+
+
 def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
     manifest = {"source_url": row["url"], "status": "quarantined", "output_key": None, "reason": reason,
                 "source_size": row["size"], "output_size": None, "unit_id": unit_id}
@@ -110,8 +119,12 @@ def _quarantine(row: dict, unit_id: str, reason: str, detail: str) -> _Outcome:
 
 
 def _read(row: dict, storage_options: dict | None) -> bytes:
-    """The object's bytes, retrying transient errors."""
-    fs, path = filesystem(row["url"], storage_options)
+    """The object's bytes, retrying transient errors; a local file directly, without fsspec."""
+    url = row["url"]
+    if url.startswith(_LOCAL_PREFIX):
+        with open(LocalFileSystem._strip_protocol(url), "rb") as f:  # as fsspec names it, without its cost
+            return f.read()
+    fs, path = filesystem(url, storage_options)
     return retry(fs.cat_file, path)
 
 
@@ -159,10 +172,9 @@ def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
         return _quarantine(row, unit_id, "missing-uid",
                            "no valid Study, Series and SOP Instance UID to name the output by"), None
     key = "/".join(parts[:2]) + f"/{parts[2]}.dcm"
-    original_study = {new: old for old, new in result.uid_map.items()}.get(parts[0], parts[0])
-    uids = [{"original_uid": original, "new_uid": new,
-             "attribute": keyword_for_tag(result.uid_attributes[original]) or
-             f"{result.uid_attributes[original]:08X}",
+    original_study = next((old for old, new in result.uid_map.items() if new == parts[0]), parts[0])
+    attributes = result.uid_attributes
+    uids = [{"original_uid": original, "new_uid": new, "attribute": _attribute(attributes[original]),
              "original_study_uid": original_study, "new_study_uid": parts[0], "unit_id": unit_id}
             for original, new in result.uid_map.items()]
     index = {"study_uid": parts[0], "series_uid": parts[1], "sop_uid": parts[2],
@@ -226,6 +238,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     key = worker_key(settings.fingerprint)  # this process's own secret, checked against the job's
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
     tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
+    folders: set[str] = set()
     rows = sorted(unit.rows, key=lambda r: (bool(r.get("duplicate_of")), r["url"]))  # kept copies first
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -261,7 +274,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
             report(len(outcomes), source_bytes)
             if out is not None:
                 write = pool.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
-                                    row["url"], out)
+                                    row["url"], out, folders)
                 writes.append((write, len(out), len(outcomes) - 1))
                 pending += len(out)
             while writes and (writes[0][0].done() or len(writes) > settings.io_threads
@@ -358,6 +371,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
         done = committed_units(settings.tables, settings.storage_options)
     queue = _largest_first({u: rows for u, rows in units.items() if u not in done})
     progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
+    if not queue:  # nothing to run: no client needed (a small job starts none)
+        return progress
     window = window or max(2, 2 * sum(client.nthreads().values()))
     run_token = uuid.uuid4().hex[:8]
     topic = f"dicom-deid-progress-{run_token}" if on_partial else None

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -19,9 +19,10 @@ from .console import UnitMeter, stage
 from .deid import Profile
 from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
+from .listing import LISTING_FILE_SUFFIXES
 from .report import load_table, result_html, result_text
-from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment
-from .storage import filesystem, retry
+from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment, held_here
+from .storage import filesystem, is_local, retry
 from .tables import put_bytes
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ LOCAL_DASHBOARD = "127.0.0.1:0"  # the embedded cluster's dashboard: this machin
 PATIENT_SETTINGS = {"pseudonymize_patients": False, "crosswalk": False, "allow_burned_in": False,
                     "burned_in_unknown": "quarantine"}
 SHARD_THREADS = 4  # shards size units as if each had this many threads: alike on every shard's machine
+# A local SOURCE of at most this many objects runs on a worker thread of this process: starting worker
+# processes (2-3 s) costs more than a second core saves on ~1,000 objects at ~2 ms each.
+IN_PROCESS_OBJECTS = 1000
 
 
 class JobError(Exception):
@@ -165,6 +169,37 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
                             host="127.0.0.1", env=_secret_env(key))
 
 
+def small_local_source(source: str, limit: int = IN_PROCESS_OBJECTS) -> bool:
+    """True when SOURCE is a local folder (or file) of at most `limit` files, counted without listing more."""
+    if not is_local(source):
+        return False
+    path = filesystem(source)[1]
+    if os.path.isfile(path):
+        return not path.lower().endswith(("manifest.json", *LISTING_FILE_SUFFIXES))
+    seen = 0
+    for _, _, names in os.walk(path, followlinks=True):
+        seen += len(names)
+        if seen > limit:
+            return False
+    return True
+
+
+@contextmanager
+def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOARD) -> Iterator:
+    """One single-threaded worker inside this process: the same tasks as on a cluster, without starting
+    processes; the worker finds the secret in this process's memory."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    log.info("running in this process (a small local job)")
+    with (held_here(key), dask.config.set({"distributed.worker.profile.enabled": False}),
+          LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
+                       dashboard_address=dashboard_address) as local,
+          Client(local) as client):
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+
+
 def _secret_env(key: bytes | None) -> dict[str, str]:
     if key is None:
         return {}
@@ -173,18 +208,25 @@ def _secret_env(key: bytes | None) -> dict[str, str]:
     return {SECRET_ENV: os.fsdecode(key)}  # the worker's os.fsencode gives back these bytes
 
 
+def _current_client():
+    """The Dask client this process made current, if any."""
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
 @contextmanager
 def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCAL_DASHBOARD) -> Iterator:
     """The given client, else the current one, else an embedded LocalCluster closed afterwards."""
     if client is not None:
         yield client
         return
-    from distributed import Client, get_client
+    from distributed import Client
 
-    try:
-        current = get_client()
-    except ValueError:
-        current = None
+    current = _current_client()
     if current is not None:
         yield current
         return
@@ -408,19 +450,27 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     check_locations(source, dest, tables, storage_options)
     research_ids = _crosswalk(crosswalk, storage_options) if crosswalk else None
     key = None if dry_run else resolve_key(secret)
-    with cluster(client, key, dashboard_address) as active, _sent_secret(active, key, send_secret):
-        log.info("Dask dashboard: %s", active.dashboard_link)
+    # A small local job lists, scans and plans in this process, and starts a worker here only if there is
+    # anything to run: a rerun with nothing new starts no cluster at all.
+    small = (client is None and not shard and not send_secret and _current_client() is None
+             and small_local_source(source))
+    with (nullcontext() if small else cluster(client, key, dashboard_address)) as active, \
+            _sent_secret(active, key, send_secret):
+        if active is not None:
+            log.info("Dask dashboard: %s", active.dashboard_link)
         identity = {"source": source, "dest": dest, "profile": asdict(profile),
                     "secret_fingerprint": None if dry_run else fingerprint(key)}
         if rules:  # only then, so jobs recorded before filters existed still resume
             identity["filters"] = [list(rule) for rule in rules]
         identity.update(patients)
         record = None if dry_run else _claim(tables, identity, storage_options)
-        with stage("checking that every worker holds the job's secret"):
-            check_workers(active, key and fingerprint(key))
+        if active is not None:
+            with stage("checking that every worker holds the job's secret"):
+                check_workers(active, key and fingerprint(key))
         work = prepare(source, tables, active, storage_options, max_unit_objects=max_unit_objects,
                        max_unit_bytes=max_unit_bytes, before_write=record,
-                       threads=SHARD_THREADS * shard[1] if shard else None, rules=rules, progress=progress)
+                       threads=SHARD_THREADS * shard[1] if shard else 1 if small else None, rules=rules,
+                       progress=progress)
         done = committed_units(tables, storage_options)
         if dry_run:
             return _dry_run(source, dest, tables, work, done)
@@ -449,8 +499,10 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                 callback(stats)
 
         try:
-            outcome = run_units(active, planned, settings, done=done, on_unit=unit_finished,
-                                on_partial=bars.partial if bars else None)
+            with (in_process_cluster(key, dashboard_address) if small and todo.num_rows
+                  else nullcontext(active)) as runner:
+                outcome = run_units(runner, planned, settings, done=done, on_unit=unit_finished,
+                                    on_partial=bars.partial if bars else None)
         finally:
             if bars:
                 bars.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections import defaultdict
@@ -12,10 +11,8 @@ from dataclasses import dataclass, field
 
 import fsspec
 import pyarrow as pa
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
 
-from .deid.parse import looks_like_dicom
+from .headers import NeedMore, read_header
 from .storage import filesystem, read_many, retry
 
 log = logging.getLogger(__name__)
@@ -27,63 +24,14 @@ INVENTORY_SCHEMA = pa.schema(
     + [pa.field(name, pa.string()) for name in _NULLABLE_STRINGS]
     + [pa.field("header_bytes_read", pa.int64()), pa.field("error", pa.string())]
 )
-_KEYWORDS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID",
-             "patient_id": "PatientID", "modality": "Modality", "sop_class_uid": "SOPClassUID",
-             "issuer_of_patient_id": "IssuerOfPatientID",
-             "burned_in_annotation": "BurnedInAnnotation"}
 
 # A later read fetches at least this many times what was read before, so a header needs few rounds.
 GROWTH = 2
-# Every column of the inventory comes from a tag at or below Burned In Annotation (0028,0301): parsing stops
-# there, before private groups such as Siemens CSA (0029,xxxx), overlays and pixel data.
-LAST_TAG = 0x00280301
-MIN_BATCH, MAX_BATCH = 1000, 10000
+# Batches: a few per worker thread, so every worker scans, never so small that task overhead shows.
+MIN_BATCH, MAX_BATCH = 100, 10000
 # Headers read at once within a batch: enough to hide store latency, few enough to bound memory.
 CONCURRENT_READS = 256
 SIZE_THREADS = 16
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_PREAMBLE_AND_MAGIC = 132
-
-
-class _Tracked(io.BytesIO):
-    """Bytes that remember whether, and how far, the parser asked for more than there was."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.ran_out = False  # some read got fewer bytes than asked for
-        self.cut = False  # some read got some, but not all, of what it asked for
-        self.wanted = 0  # the furthest offset a read asked for
-
-    def read(self, size: int | None = -1) -> bytes:
-        start = self.tell()
-        chunk = super().read(size)
-        if size is None or size < 0 or len(chunk) < size:
-            self.ran_out = True
-            self.cut = self.cut or (size is not None and size >= 0 and len(chunk) > 0)
-            self.wanted = max(self.wanted, start + size if size is not None and size >= 0 else 0)
-        return chunk
-
-
-def _past_header(tag: int, vr: str | None, length: int) -> bool:
-    return tag > LAST_TAG
-
-
-def _short_element(ds: Dataset) -> bool:
-    for tag in ds.keys():
-        elem = ds.get_item(tag, keep_deferred=True)
-        length = getattr(elem, "length", _UNDEFINED_LENGTH)
-        if length != _UNDEFINED_LENGTH and isinstance(elem.value, bytes) and len(elem.value) < length:
-            return True
-    return False
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a malformed value is the run stage's to judge; here it is merely unknown
-        return None
-    text = str(value).strip("\0 ") if value is not None else ""
-    return text or None
 
 
 @dataclass
@@ -99,33 +47,11 @@ class _Object:
 
 def _parse(obj: _Object) -> bool:
     """Fill obj.record from the bytes read so far; False when the header runs past them."""
-    whole = obj.size is not None and len(obj.data) >= obj.size
-    if not obj.data:
-        obj.record["error"] = "empty"
-        return True
-    if len(obj.data) < _PREAMBLE_AND_MAGIC and not whole:
-        return False  # too little to tell DICOM from anything else
-    if not looks_like_dicom(obj.data):
-        obj.record["error"] = "not-dicom"
-        return True
-    buffer = _Tracked(obj.data)
     try:
-        ds = read_partial(buffer, stop_when=_past_header, force=True)
-    except Exception as exc:
-        if not whole:
-            return False
-        obj.record["error"] = f"unreadable: {type(exc).__name__}"
-        return True
-    if buffer.ran_out and not whole:
-        obj.wanted = buffer.wanted
+        obj.record.update(read_header(obj.data, obj.size is not None and len(obj.data) >= obj.size))
+    except NeedMore as more:
+        obj.wanted = more.wanted
         return False
-    if buffer.ran_out and (buffer.cut or not len(ds) or _short_element(ds)):
-        obj.record["error"] = "truncated"
-        return True
-    meta = getattr(ds, "file_meta", None) or Dataset()
-    obj.record.update({column: _text(ds, keyword) for column, keyword in _KEYWORDS.items()})
-    obj.record["sop_class_uid"] = obj.record["sop_class_uid"] or _text(meta, "MediaStorageSOPClassUID")
-    obj.record["transfer_syntax_uid"] = _text(meta, "TransferSyntaxUID")
     return True
 
 

@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from .deid.keys import SECRET_ENV, as_key
 SECRET_FILE_ENV = "DICOM_DEID_SECRET_FILE"
 _HOW = (f"set {SECRET_ENV} or {SECRET_FILE_ENV} (a mounted secret file) in its environment, "
         "or send it with --send-secret over a tls:// scheduler")
-# Secrets a driver sent with --send-secret, by fingerprint; only ever filled by SendSecret.setup.
+# Secrets a driver sent with --send-secret, by fingerprint; only ever filled by SendSecret.setup, or for a
+# job whose worker runs in the driver's own process (`held_here`).
 _sent: dict[str, bytes] = {}
 
 
@@ -87,6 +90,19 @@ def secret_problem(expected: str) -> str | None:
         return _problem(_sent.get(expected) or from_environment(), expected)
     except SecretError as exc:  # an unreadable secret file
         return f"cannot use its secret: {exc}"
+
+
+@contextmanager
+def held_here(key: bytes | None) -> Iterator[None]:
+    """Give a worker running in this very process the driver's secret, in memory, for as long as the job."""
+    if key is None:
+        yield
+        return
+    _sent[fingerprint(key)] = key
+    try:
+        yield
+    finally:
+        _sent.pop(fingerprint(key), None)
 
 
 class SendSecret(WorkerPlugin):

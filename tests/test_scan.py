@@ -1,6 +1,7 @@
 """Stage 2: header scans read little, fall back when a header is long, and record broken objects."""
 
 import io
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -152,3 +153,51 @@ def test_scan_keeps_header_values_out_of_logs_and_warnings(tmp_path, caplog, rec
     assert row["study_uid"] == "9.8.SECRET-STUDY-VALUE"
     assert "SECRET" not in caplog.text
     assert not [w for w in recwarn if "SECRET" in str(w.message)]
+
+
+def _broken_objects() -> dict[str, bytes]:
+    """Objects the strict header reader refuses, each in its own way."""
+    with open(get_testdata_file("CT_small.dcm", read=False), "rb") as f:
+        whole = f.read()
+    body = 144 + int.from_bytes(whole[140:144], "little")  # past the file meta group
+    first_end = body + 8 + int.from_bytes(whole[body + 6:body + 8], "little")
+    assert whole[body + 4:body + 6].isalpha()  # explicit VR: the first element's VR is at body + 4
+    dicomdir = bytearray(whole)
+    media_class = whole.index(b"1.2.840.10008.5.1.4.1.1.2")  # first in the file meta
+    dicomdir[media_class:media_class + 25] = b"1.2.840.10008.1.3.10\0\0\0\0\0"
+    return {
+        "cut-in-header.dcm": whole[:first_end + 3],  # inside the second element's header
+        "unknown-vr.dcm": whole[:body + 4] + b"ZZ" + whole[body + 6:],
+        "repeated.dcm": whole[:first_end] + whole[body:first_end] + whole[first_end:],
+        "dicomdir.dcm": bytes(dicomdir),
+    }
+
+
+def test_objects_the_header_reader_refuses_carry_the_engines_reason_and_are_quarantined_once(tmp_path,
+                                                                                              monkeypatch):
+    from pipeline.deid import DeidError, Profile
+    from pipeline.deid.keys import SECRET_ENV
+    from pipeline.deid.stream import deidentify_bytes
+    from pipeline.execute import Settings, Unit, run_unit
+    from pipeline.secret import fingerprint
+
+    secret = b"scan-test-secret"
+    monkeypatch.setenv(SECRET_ENV, secret.decode())
+    broken = _broken_objects()
+    for name, data in broken.items():
+        (tmp_path / name).write_bytes(data)
+    rows = _rows(scan(list_objects(str(tmp_path))))
+    reasons = {}
+    for name, data in broken.items():
+        with pytest.raises(DeidError) as refused:
+            deidentify_bytes(data, Profile(), secret=secret)
+        reasons[name] = refused.value.reason
+        assert rows[name]["error"] == reasons[name], name
+    assert set(reasons.values()) == {"truncated", "malformed", "dicomdir"}
+    settings = Settings(str(tmp_path / "out" / "dest"), str(tmp_path / "out" / "tables"), Profile(),
+                        fingerprint(secret))
+    unit = Unit("u-broken", [{"url": row["url"], "size": row["size"], "duplicate_of": None}
+                             for row in rows.values()])
+    stats = run_unit(unit, settings)  # each object one quarantine row, with the reason the scan gave
+    assert stats["objects"] == stats["quarantined"] == len(broken)
+    assert stats["reasons"] == dict(Counter(reasons.values()))
