@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .console import Meter, stage
 from .runs import CHANGES, RUN_SCHEMA, SHARDS_FOLDER, RunInfo, close_run, planned_rows, stored_runs
 from .storage import filesystem, retry
 from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
@@ -18,6 +20,7 @@ PRIVATE_TABLES = ("manifest", "uid_map", "quarantine")
 SUPERSEDED = "superseded"  # manifest status of an object's row once a later run processed it again
 INDEX_FOLDER = "_index"
 SUMMARY_NAME = "summary.json"
+FINALIZING = "writing the manifest, quarantine and index tables"
 
 
 def _manifest_counts(fs, path: str) -> dict:
@@ -117,14 +120,23 @@ def _missing(fs, path: str, uncommitted: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _counting(meter: Meter | None, transform: Callable | None) -> Callable[[pa.Table, str], pa.Table]:
+    """A table's per-part step that also moves the meter on by one part."""
+    def step(part: pa.Table, unit_id: str) -> pa.Table:
+        if meter:
+            meter.update(1)
+        return transform(part, unit_id) if transform else part
+    return step
+
+
 def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
-             require_all: bool = False) -> dict:
+             require_all: bool = False, progress: bool = False) -> dict:
     """Compact parts of every run's units into TABLES/<table>.parquet and DEST/_index/ (rows of objects
     processed again by a later run marked superseded); close finished runs; write and return the summary.
 
     `run` holds what only the driver knows: units run and failed, objects and bytes this run, and elapsed
     seconds. With `require_all`, raise `Unfinished` (naming the missing shards) unless every unit is
-    committed.
+    committed. `progress` shows a meter of the units' table parts compacted.
     """
     from .execute import committed_units
 
@@ -139,9 +151,16 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
         remove_stale_temporaries(fs, path)
     # Only units of stored plans: a shard that lost a race to write a run's plan leaves nothing counted.
     tables_rows = {"manifest": past.manifest, "quarantine": past.quarantine, "uid_map": None}
-    for name, transform in tables_rows.items():
-        compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet", done, transform)
-    compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done, past.index)
+    meter = Meter("finalize", len(done) * (len(tables_rows) + 1), unit="parts") if progress and done else None
+    try:
+        for name, transform in tables_rows.items():
+            compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet", done,
+                    _counting(meter, transform))
+        compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done,
+                _counting(meter, past.index))
+    finally:
+        if meter:
+            meter.close()
     open_runs = {number for unit, number in past.unit_run.items() if unit not in done}
     for info in past.runs:
         if not info.closed and info.number not in open_runs:
@@ -206,7 +225,7 @@ def describe(summary: dict, this_run: bool = True) -> str:
     return "\n".join(lines)
 
 
-def finalize_job(tables: str, storage_options: dict | None = None) -> dict:
+def finalize_job(tables: str, storage_options: dict | None = None, progress: bool = False) -> dict:
     """Finalize a sharded job once every shard is done (`Unfinished` names those still missing)."""
     fs, path = filesystem(tables, storage_options)
     fs.invalidate_cache(path)
@@ -219,4 +238,5 @@ def finalize_job(tables: str, storage_options: dict | None = None) -> dict:
     facts = {"source": job["source"], "elapsed": max((m["elapsed"] for m in markers), default=0.0),
              "units_run": sum(m["units_run"] for m in markers), "failed_units": [],
              **{k: sum(m[k] for m in markers) for k in ("objects", "source_bytes")}}
-    return finalize(tables, job["dest"], storage_options, run=facts, require_all=True)
+    with stage(FINALIZING):
+        return finalize(tables, job["dest"], storage_options, run=facts, require_all=True, progress=progress)

@@ -131,9 +131,11 @@ def test_off_a_terminal_a_meter_logs_periodic_plain_lines(capsys):
         meter.update(1, 1024)
         meter.close()
     lines = capsys.readouterr().err.splitlines()
-    for n, line in zip((1, 2, 3), lines, strict=False):
+    assert "INFO scan: 4 objects (4.0 KiB) to do" in lines[0]
+    for n, line in zip((1, 2, 3), lines[1:], strict=False):
         assert f"INFO scan: {n}/4 objects ({n * 25}%), {n}.0 KiB of 4.0 KiB, " in line and "objects/s" in line
-    assert len(lines) == 4 and "scan: 4/4 objects (100%)" in lines[3] and "done in" in lines[3]
+        assert " left" in line  # an estimate of the time to go
+    assert len(lines) == 5 and "scan: 4/4 objects (100%)" in lines[4] and "done in" in lines[4]
 
 
 def test_quiet_and_verbose(archive, capsys, dask_client):
