@@ -100,6 +100,9 @@ def watch(argv: list[str], env: dict[str, str], terminal: bool, timeout: float =
         while time.monotonic() - started < timeout:
             ready, _, _ = select.select([reader], [], [], 0.05)
             if not ready:
+                quiet_since = chunks[-1][0] if chunks else 0.0
+                if process.poll() is not None and time.monotonic() - started > quiet_since + 1:
+                    break  # exited, and whatever still holds the output open has said nothing for 1 s
                 continue
             try:
                 data = os.read(reader, 65536)
