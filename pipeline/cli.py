@@ -409,7 +409,8 @@ def _scan(args: argparse.Namespace) -> int:
     # A local source is listed here anyway: list it before the cluster, so a bad listing file fails fast.
     listing = listed(None) if is_local(source) else None
     with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address) as client:
-        check_workers(client, None)
+        with stage("checking that every worker runs this version"):
+            check_workers(client, None)
         listing = listed(client) if listing is None else listing
         inventory = scan_listing(listing, options, client, _progress(args))
     fs, path = filesystem(args.out, options)

@@ -446,5 +446,6 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         return result
     from .verify import verify as check
 
-    verification = check(dest, tables, client=client, storage_options=storage_options)
+    with stage("verifying the run"):
+        verification = check(dest, tables, client=client, storage_options=storage_options)
     return replace(result, verified=verification.ok, report=f"{result.report}\n{verification.describe()}")
