@@ -203,11 +203,10 @@ class Meter:
                 self.bars[0].update(objects)
                 if len(self.bars) > 1:
                     self.bars[1].update(nbytes)
-            elif time.monotonic() - self.logged >= self.every and self.done < self.total:  # close() says 100%
-                self.logged = time.monotonic()
+            elif self._due(self.every):
                 log.info("%s", self.line())
 
-    def tick(self, now: float) -> None:
+    def tick(self) -> None:
         """Redraw the bars (their elapsed time and rate move on without updates); off a terminal, say
         where this stands when nothing was said for a while."""
         with self.lock:
@@ -215,9 +214,16 @@ class Meter:
                 for bar in self.bars:
                     if hasattr(bar, "refresh"):
                         bar.refresh()
-            elif not self.bars and now - self.logged >= max(self.every, LOG_EVERY):
-                self.logged = now
+            elif not self.bars and self._due(max(self.every, LOG_EVERY)):
                 log.info("%s", self.line())
+
+    def _due(self, every: float) -> bool:
+        """Whether a log line is due (none for `every` seconds), and if so, that one is said now; the last
+        line, at 100%, is close()'s."""
+        if time.monotonic() - self.logged < every or self.done >= self.total:
+            return False
+        self.logged = time.monotonic()
+        return True
 
     def line(self) -> str:
         """Where this stage stands, in one line."""
@@ -368,7 +374,7 @@ class _Live:
 
     def _tick(self, now: float) -> None:
         for meter in self.meters:
-            meter.tick(now)
+            meter.tick()
         if self.meters or not self.doing:
             return
         top = self.doing[-1]
