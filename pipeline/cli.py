@@ -14,10 +14,7 @@ from contextlib import nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .deid import FLAGS
-from .deid.keys import SECRET_ENV
-from .deid.profile import UNLISTED_MODES
-from .secret import SECRET_FILE_ENV
+from .console import end_live, logging_to_stderr, quiet_interrupts, say, starting
 
 DEMO_ROOT = Path("dicom-deid-output")
 DEMO_DEST = DEMO_ROOT / "deidentified"
@@ -49,6 +46,15 @@ USAGES = {
     "verify": "dicom-deid verify DEST --tables TABLES [--source SOURCE] [options]",
     "export-maps": "dicom-deid export-maps --tables TABLES --out DIR [options]",
 }
+
+
+def _secret_names() -> tuple[str, str]:
+    """The secret's environment variables, imported when needed: the engine and Dask take seconds to load,
+    and the first line a person sees should not wait for them."""
+    from .deid.keys import SECRET_ENV
+    from .secret import SECRET_FILE_ENV
+
+    return SECRET_ENV, SECRET_FILE_ENV
 
 
 class UsageError(Exception):
@@ -107,6 +113,7 @@ class _Parser(argparse.ArgumentParser):
     """Mistakes in one line that names the subcommand and its usage, exit code 2."""
 
     def error(self, message: str):
+        end_live()
         usage = USAGES.get(self.prog.split()[-1], self.prog + " COMMAND [options]")
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (usage: {usage}; see {self.prog} --help)\n")
 
@@ -148,6 +155,10 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .deid import FLAGS
+    from .deid.profile import UNLISTED_MODES
+
+    secret_env, secret_file_env = _secret_names()
     parser = _Parser(prog="dicom-deid", description="De-identify DICOM archives at scale.",
                      formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"dicom-deid {_version()}")
@@ -161,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("dest", nargs="?", help="where de-identified objects and the _index/ Parquet go")
     run.add_argument("--tables", help="private location for linkage tables (never inside DEST)")
     run.add_argument("--secret-file", type=Path,
-                     help=f"file holding the secret (default: env {SECRET_ENV} or {SECRET_FILE_ENV})")
+                     help=f"file holding the secret (default: env {secret_env} or {secret_file_env})")
     run.add_argument("--dry-run", action="store_true",
                      help="list, scan and plan; print the plan and what SOURCE changed since the last run")
     run.add_argument("--max-error-rate", type=_fraction, metavar="FRACTION",
@@ -324,7 +335,7 @@ def _read_secret(path: Path | None) -> bytes | None:
 
 
 def _secret_in_environment() -> bool:
-    return bool(os.environ.get(SECRET_ENV) or os.environ.get(SECRET_FILE_ENV))
+    return any(os.environ.get(name) for name in _secret_names())
 
 
 def _demo_secret() -> bytes | None:
@@ -332,12 +343,11 @@ def _demo_secret() -> bytes | None:
     the configured secret, else a random one."""
     for folder in (DEMO_DEST, DEMO_TABLES):
         if folder.exists():
-            print(f"demo: replacing the earlier demo output in {folder}/", file=sys.stderr)
+            say(f"demo: replacing the earlier demo output in {folder}/")
             shutil.rmtree(folder)
     if _secret_in_environment():
         return None
-    print("demo: no secret configured, using a random one: new UIDs are not reproducible across runs",
-          file=sys.stderr)
+    say("demo: no secret configured, using a random one: new UIDs are not reproducible across runs")
     return secrets.token_hex(32).encode()  # text, so the embedded cluster's environment can carry it
 
 
@@ -358,13 +368,14 @@ def _locations_and_secret(args: argparse.Namespace) -> bytes | None:
         raise UsageError("--tables is required: a private location, outside DEST, for linkage tables")
     secret = _read_secret(args.secret_file)
     if secret is None and not args.dry_run and not _secret_in_environment():
-        raise UsageError(f"no secret: give --secret-file PATH or set {SECRET_ENV} or {SECRET_FILE_ENV} (keep "
-                         "it: the same secret gives the same new UIDs in later runs)")
+        raise UsageError("no secret: give --secret-file PATH or set {} or {} (keep it: the same secret gives "
+                         "the same new UIDs in later runs)".format(*_secret_names()))
     return secret
 
 
 def _run(args: argparse.Namespace) -> int:
     from . import job
+    from .deid import FLAGS
 
     demo = args.source is None
     shard = job.parse_shard(args.shard) if args.shard else None
@@ -396,7 +407,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not args.no_progress and args.log_level in ("DEBUG", "INFO")
+    return not getattr(args, "no_progress", False) and args.log_level in ("DEBUG", "INFO")
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -425,7 +436,8 @@ def _scan(args: argparse.Namespace) -> int:
     # A local source is listed here anyway: list it before the cluster, so a bad listing file fails fast.
     listing = listed(None) if is_local(source) else None
     with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address) as client:
-        check_workers(client, None)
+        with stage("checking that every worker runs this version"):
+            check_workers(client, None)
         listing = listed(client) if listing is None else listing
         inventory = scan_listing(listing, options, client, _progress(args))
     fs, path = filesystem(args.out, options)
@@ -441,7 +453,7 @@ def _finalize(args: argparse.Namespace) -> int:
     from .finalize import Unfinished, describe, finalize_job
 
     try:
-        summary = finalize_job(args.tables, _storage_options(args))
+        summary = finalize_job(args.tables, _storage_options(args), progress=_progress(args))
     except Unfinished as exc:
         print(f"dicom-deid: not finalized: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -508,18 +520,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _starting(argv: list[str]) -> str | None:
+    """What the live line names while a command that runs stages loads ("dicom-deid run"); None for the
+    others, and where a line would stand in the way (help, version) or was declined (-q, --no-progress)."""
+    declined = {"-h", "--help", "--version", "-q", "--quiet", "--no-progress"}
+    levels = [after.upper() for flag, after in zip(argv, argv[1:], strict=False) if flag == "--log-level"]
+    levels += [arg.split("=", 1)[1].upper() for arg in argv if arg.startswith("--log-level=")]
+    if not argv or argv[0] not in ("run", "scan", "finalize") or declined & set(argv) or \
+            levels[-1:] not in ([], ["DEBUG"], ["INFO"]):
+        return None
+    return f"dicom-deid {argv[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `dicom-deid` command: parse, run, and turn user mistakes into one line and exit code 2."""
-    from .console import logging_to_stderr, quiet_interrupts
-
-    args = _parse(argv)
-    command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize, "verify": _verify,
-               "export-maps": _export_maps}[args.command]
+    argv = sys.argv[1:] if argv is None else argv
     before = signal.getsignal(signal.SIGINT)
     say_interrupted = quiet_interrupts(RESUME_HINT)
     try:
-        with logging_to_stderr(getattr(logging, args.log_level)):
-            return command(args)
+        with starting(_starting(argv)):  # on a terminal, a live line while the pipeline loads
+            args = _parse(argv)
+            command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize,
+                       "verify": _verify, "export-maps": _export_maps}[args.command]
+            with logging_to_stderr(getattr(logging, args.log_level), _progress(args)):
+                return command(args)
     except _user_errors() as exc:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE

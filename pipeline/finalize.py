@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .actions import write_run_actions
+from .console import Meter, stage
 from .runs import CHANGES, RUN_SCHEMA, SHARDS_FOLDER, RunInfo, close_run, planned_rows, stored_runs
 from .storage import filesystem, retry
 from .tables import MANIFEST_SCHEMA, compact, put_bytes, remove_stale_temporaries
@@ -19,6 +21,7 @@ PRIVATE_TABLES = ("manifest", "uid_map", "quarantine", "patient_map")
 SUPERSEDED = "superseded"  # manifest status of an object's row once a later run processed it again
 INDEX_FOLDER = "_index"
 SUMMARY_NAME = "summary.json"
+FINALIZING = "writing the manifest, quarantine and index tables"
 
 
 def _manifest_counts(fs, path: str) -> dict:
@@ -118,14 +121,23 @@ def _missing(fs, path: str, uncommitted: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _counting(meter: Meter | None, transform: Callable | None) -> Callable[[pa.Table, str], pa.Table]:
+    """A table's per-part step that also moves the meter on by one part."""
+    def step(part: pa.Table, unit_id: str) -> pa.Table:
+        if meter:
+            meter.update(1)
+        return transform(part, unit_id) if transform else part
+    return step
+
+
 def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
-             require_all: bool = False) -> dict:
+             require_all: bool = False, progress: bool = False) -> dict:
     """Compact parts of every run's units into TABLES/<table>.parquet and DEST/_index/ (rows of objects
     processed again by a later run marked superseded); close finished runs; write and return the summary.
 
     `run` holds what only the driver knows: units run and failed, objects and bytes this run, and elapsed
     seconds. With `require_all`, raise `Unfinished` (naming the missing shards) unless every unit is
-    committed.
+    committed. `progress` shows a meter of the units' table parts compacted.
     """
     from .execute import committed_units
 
@@ -139,11 +151,19 @@ def finalize(tables: str, dest: str, storage_options: dict | None, *, run: dict,
     for fs, path in ((tables_fs, tables_path), (dest_fs, dest_path)):
         remove_stale_temporaries(fs, path)
     # Only units of stored plans: a shard that lost a race to write a run's plan leaves nothing counted.
-    tables_rows = {"manifest": past.manifest, "quarantine": past.quarantine, "uid_map": None,
-                   "patient_map": None}
-    for name, transform in tables_rows.items():
-        compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet", done, transform)
-    compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done, past.index)
+    tables_rows = {"manifest": past.manifest, "quarantine": past.quarantine, "uid_map": None}
+    meter = Meter("finalize", len(done) * (len(tables_rows) + 1), unit="parts") if progress and done else None
+    try:
+        for name, transform in tables_rows.items():
+            compact(tables_fs, tables_path, name, tables_fs, f"{tables_path}/{name}.parquet", done,
+                    _counting(meter, transform))
+        compact(tables_fs, tables_path, "index", dest_fs, index_path(dest_path, tables), done,
+                _counting(meter, past.index))
+        # Parts only where patients get research IDs: not metered, so the bar reaches its end.
+        compact(tables_fs, tables_path, "patient_map", tables_fs, f"{tables_path}/patient_map.parquet", done)
+    finally:
+        if meter:
+            meter.close()
     open_runs = {number for unit, number in past.unit_run.items() if unit not in done}
     for info in past.runs:
         if not info.closed:  # closed runs summed their actions when they closed
@@ -211,7 +231,7 @@ def describe(summary: dict, this_run: bool = True) -> str:
     return "\n".join(lines)
 
 
-def finalize_job(tables: str, storage_options: dict | None = None) -> dict:
+def finalize_job(tables: str, storage_options: dict | None = None, progress: bool = False) -> dict:
     """Finalize a sharded job once every shard is done (`Unfinished` names those still missing)."""
     fs, path = filesystem(tables, storage_options)
     fs.invalidate_cache(path)
@@ -224,4 +244,5 @@ def finalize_job(tables: str, storage_options: dict | None = None) -> dict:
     facts = {"source": job["source"], "elapsed": max((m["elapsed"] for m in markers), default=0.0),
              "units_run": sum(m["units_run"] for m in markers), "failed_units": [],
              **{k: sum(m[k] for m in markers) for k in ("objects", "source_bytes")}}
-    return finalize(tables, job["dest"], storage_options, run=facts, require_all=True)
+    with stage(FINALIZING):
+        return finalize(tables, job["dest"], storage_options, run=facts, require_all=True, progress=progress)

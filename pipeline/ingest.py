@@ -71,8 +71,8 @@ def _earlier_copies(earlier: pa.Table, planned: pa.Table) -> pa.Array:
 
 def scan_listing(todo: pa.Table, storage_options: dict | None, client, progress: bool) -> pa.Table:
     """Stage 2 (reading headers), with a meter of headers read when asked."""
-    meter = Meter("scan", todo.num_rows) if progress and todo.num_rows else None
     with stage(f"reading the headers of {todo.num_rows} objects"):
+        meter = Meter("scan", todo.num_rows) if progress and todo.num_rows else None
         try:
             return scan(todo.select(["url", "size"]), storage_options, client=client,
                         on_batch=meter and meter.update)

@@ -159,11 +159,11 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
     from distributed import LocalCluster
 
     n_workers = n_workers or os.cpu_count() or 1
-    log.info("starting a local Dask cluster of %d workers...", n_workers)
     # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
     # The preload makes worker processes leave Ctrl-C to this process (see console.dask_setup).
-    with dask.config.set({"distributed.worker.profile.enabled": False,
-                          "distributed.worker.preload": ["pipeline.console"]}):
+    with stage(f"starting a local Dask cluster of {n_workers} workers"), \
+            dask.config.set({"distributed.worker.profile.enabled": False,
+                             "distributed.worker.preload": ["pipeline.console"]}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                             host="127.0.0.1", env=_secret_env(key))
@@ -230,8 +230,13 @@ def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCA
     if current is not None:
         yield current
         return
-    with local_cluster(key=key, dashboard_address=dashboard_address) as local, Client(local) as embedded:
-        yield embedded
+    with local_cluster(key=key, dashboard_address=dashboard_address) as local:
+        try:
+            with Client(local) as embedded:
+                yield embedded
+        finally:
+            with stage("stopping the local Dask cluster"):  # seconds, while workers wind down
+                local.close()
 
 
 @contextmanager
@@ -431,7 +436,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     known to show burned-in text, without the attribute, follow `burned_in_unknown` ("quarantine",
     "allow")."""
     from .execute import Settings, committed_units, run_units
-    from .finalize import describe, finalize, read_summary
+    from .finalize import FINALIZING, describe, finalize, read_summary
     from .ingest import shard_of
     from .patients import with_crosswalk
     from .workers import check_workers
@@ -533,8 +538,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         run_facts = {"source": source, "elapsed": time.perf_counter() - started,
                      **{k: getattr(outcome, k) for k in ("units_run", "failed_units", "objects",
                                                          "source_bytes")}}
-        with stage("writing the manifest, quarantine and index tables"):
-            summary = finalize(tables, dest, storage_options, run=run_facts)
+        with stage(FINALIZING):
+            summary = finalize(tables, dest, storage_options, run=run_facts, progress=progress)
     result = RunResult(
         source, dest, tables, objects=summary["objects"], written=summary["written"],
         quarantined=summary["quarantined"], source_bytes=summary["source_bytes"],
@@ -548,5 +553,6 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         return result
     from .verify import verify as check
 
-    verification = check(dest, tables, client=client, storage_options=storage_options)
+    with stage("verifying the run"):
+        verification = check(dest, tables, client=client, storage_options=storage_options)
     return replace(result, verified=verification.ok, report=f"{result.report}\n{verification.describe()}")

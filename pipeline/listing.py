@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from .console import counted, gathered
 from .storage import filesystem, is_local, retry
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def split_prefixes(fs: AbstractFileSystem, path: str, target: int = SPLIT_TARGET
             below: list[str] = []
             for entries in pool.map(lambda p: _ls(fs, p), frontier):
                 found.append(_files(fs, entries))
+                counted(found[-1].num_rows)
                 below += [e["name"] for e in entries if e.get("type") == "directory"]
             frontier = below
             if not frontier:
@@ -107,7 +109,7 @@ def _walk_local(fs: AbstractFileSystem, path: str) -> pa.Table:
     entered: set[tuple[int, int]] = set()
     skipped = 0
     for folder, folders, names in os.walk(path, followlinks=True):
-        here = os.stat(folder)
+        here, before = os.stat(folder), len(urls)
         entered.add((here.st_dev, here.st_ino))
         keep = []
         for name in folders:
@@ -134,6 +136,7 @@ def _walk_local(fs: AbstractFileSystem, path: str) -> pa.Table:
                 urls.append(fs.unstrip_protocol(full))
                 sizes.append(info.st_size)
                 versions.append(str(info.st_mtime))
+        counted(len(urls) - before)
     if skipped:
         log.warning("%d linked folders were listed already (a link loop or a second path)", skipped)
     return _table(urls, sizes, versions)
@@ -154,7 +157,8 @@ def _list_tree(source: str, storage_options: dict | str | None, client) -> pa.Ta
         parts = [list_prefixes(group, storage_options) for group in groups]
     else:
         # pure=False: a listing is of the store as it is now, never an earlier result.
-        parts = client.gather(client.map(list_prefixes, groups, storage_options=storage_options, pure=False))
+        futures = client.map(list_prefixes, groups, storage_options=storage_options, pure=False)
+        parts = gathered(client, futures)
     return pa.concat_tables([found, *parts])
 
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import pty
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
@@ -20,6 +15,7 @@ from pathlib import Path
 import pytest
 from samples import PATIENT_ID, PATIENT_NAME, SECRET, study_objects, write_tree
 
+from benchmarks.first_feedback import watch
 from pipeline.cli import DEMO_TABLES, PROFILE_HELP, RESUME_HINT, main
 from pipeline.console import Meter, logging_to_stderr
 from pipeline.deid import FLAGS
@@ -131,9 +127,11 @@ def test_off_a_terminal_a_meter_logs_periodic_plain_lines(capsys):
         meter.update(1, 1024)
         meter.close()
     lines = capsys.readouterr().err.splitlines()
-    for n, line in zip((1, 2, 3), lines, strict=False):
+    assert "INFO scan: 4 objects (4.0 KiB) to do" in lines[0]
+    for n, line in zip((1, 2, 3), lines[1:], strict=False):
         assert f"INFO scan: {n}/4 objects ({n * 25}%), {n}.0 KiB of 4.0 KiB, " in line and "objects/s" in line
-    assert len(lines) == 4 and "scan: 4/4 objects (100%)" in lines[3] and "done in" in lines[3]
+        assert " left" in line  # an estimate of the time to go
+    assert len(lines) == 5 and "scan: 4/4 objects (100%)" in lines[4] and "done in" in lines[4]
 
 
 def test_quiet_and_verbose(archive, capsys, dask_client):
@@ -247,25 +245,8 @@ def test_ctrl_c_exits_130_with_one_line_on_how_to_resume(archive):
 
 def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run with stdout and stderr on a pseudo-terminal, as a person at a shell sees it."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env)
-    os.close(follower)
-    seen = b""
-    while True:
-        ready, _, _ = select.select([leader], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the process is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif process.poll() is not None:
-            break
-    os.close(leader)
-    return process.wait(timeout=60), seen.decode(errors="replace")
+    timeline = watch(argv, env, terminal=True)
+    return timeline.code, timeline.text
 
 
 def test_on_a_terminal_progress_is_drawn_as_bars(archive, dask_client):
