@@ -238,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
                          "[profile], storage_options without credentials, scheduler, limits); flags win")
     for sub in (run, scan, verify):
         _cluster_options(sub)
+    for sub in (run, scan):
+        sub.add_argument("--workers", type=_positive, metavar="N",
+                         help="worker processes of the local cluster (default: one per core; a local "
+                              "SOURCE of at most 1,000 files runs in this process unless this is given)")
     run.add_argument("--send-secret", action="store_true",
                      help="send the secret to workers (tls:// scheduler only; else they read their own)")
     return parser
@@ -388,6 +392,7 @@ def _run(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = job.run(args.source, args.dest, args.tables, client=client, secret=secret,
                          send_secret=args.send_secret, dashboard_address=args.dashboard_address,
+                         workers=args.workers,
                          storage_options=_storage_options(args), dry_run=args.dry_run,
                          max_error_rate=args.max_error_rate, progress=_progress(args), rules=args.rules,
                          max_unit_objects=args.max_unit_objects, max_unit_bytes=args.max_unit_bytes,
@@ -435,7 +440,8 @@ def _scan(args: argparse.Namespace) -> int:
 
     # A local source is listed here anyway: list it before the cluster, so a bad listing file fails fast.
     listing = listed(None) if is_local(source) else None
-    with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address) as client:
+    with _client(args) as given, cluster(given, dashboard_address=args.dashboard_address,
+                                         workers=args.workers) as client:
         with stage("checking that every worker runs this version"):
             check_workers(client, None)
         listing = listed(client) if listing is None else listing

@@ -194,7 +194,7 @@ def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOA
     log.info("running in this process (a small local job)")
     with (held_here(key), dask.config.set({"distributed.worker.profile.enabled": False}),
           LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
-                       dashboard_address=dashboard_address) as local,
+                       dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0") as local,
           Client(local) as client):
         log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
@@ -219,8 +219,10 @@ def _current_client():
 
 
 @contextmanager
-def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCAL_DASHBOARD) -> Iterator:
-    """The given client, else the current one, else an embedded LocalCluster closed afterwards."""
+def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCAL_DASHBOARD,
+            workers: int | None = None) -> Iterator:
+    """The given client, else the current one, else an embedded LocalCluster of `workers` processes (one
+    per core by default) closed afterwards."""
     if client is not None:
         yield client
         return
@@ -230,7 +232,7 @@ def cluster(client=None, key: bytes | None = None, dashboard_address: str = LOCA
     if current is not None:
         yield current
         return
-    with local_cluster(key=key, dashboard_address=dashboard_address) as local:
+    with local_cluster(workers, key=key, dashboard_address=dashboard_address) as local:
         try:
             with Client(local) as embedded:
                 yield embedded
@@ -424,7 +426,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
         dashboard_address: str = LOCAL_DASHBOARD, shard: tuple[int, int] | None = None,
         verify: bool = False, rules: list[tuple[str, str]] | None = None, pseudonymize_patients: bool = False,
         crosswalk: str | None = None, allow_burned_in: bool = False, burned_in_unknown: str = "quarantine",
-        **profile_flags: bool) -> RunResult:
+        workers: int | None = None, **profile_flags: bool) -> RunResult:
     """De-identify every DICOM object under `source` into `dest`, with linkage tables in `tables`; objects
     an earlier run processed, unchanged since, are skipped unread. With `shard=(i, n)`, run only shard i's
     units and leave finalizing to `finalize_job` once every shard is done.
@@ -434,7 +436,8 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     patient_id, research_id[, research_name]; implies pseudonyms) gives them where it has a row.
     Objects marked Burned In Annotation YES are quarantined unless `allow_burned_in`; objects of classes
     known to show burned-in text, without the attribute, follow `burned_in_unknown` ("quarantine",
-    "allow")."""
+    "allow"). `workers` sizes the embedded cluster; given, a small local job gets one too.
+    """
     from .execute import Settings, committed_units, run_units
     from .finalize import FINALIZING, describe, finalize, read_summary
     from .ingest import shard_of
@@ -457,9 +460,9 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     key = None if dry_run else resolve_key(secret)
     # A small local job lists, scans and plans in this process, and starts a worker here only if there is
     # anything to run: a rerun with nothing new starts no cluster at all.
-    small = (client is None and not shard and not send_secret and _current_client() is None
-             and small_local_source(source))
-    with (nullcontext() if small else cluster(client, key, dashboard_address)) as active, \
+    small = (client is None and workers is None and not shard and not send_secret
+             and _current_client() is None and small_local_source(source))
+    with (nullcontext() if small else cluster(client, key, dashboard_address, workers)) as active, \
             _sent_secret(active, key, send_secret):
         if active is not None:
             log.info("Dask dashboard: %s", active.dashboard_link)

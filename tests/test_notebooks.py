@@ -56,7 +56,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "RunResult: OK" in shown and "94 written, 82 quarantined" in shown  # 24 burned-in-annotation
     assert "IProgress" not in shown and "\x1b" not in shown and "Warning" not in shown
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) == 3  # headers read, then the objects and bytes de-identified
+    assert len(widgets) == 4  # headers read, the objects and bytes de-identified, the parts finalized
     pages = [_joined(o.get("data", {}).get("text/html", "")) for o in outputs]
     assert any("<strong>RunResult</strong>" in page for page in pages)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the run, and actions per attribute

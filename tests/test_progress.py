@@ -100,7 +100,8 @@ def test_a_run_is_never_silent_for_long(tmp_path, terminal):
     """The whole command on an embedded cluster, as a person runs it: every stage shows, the cluster's
     start is a live line on a terminal and a line before and after in a pipe, finalize has a meter."""
     write_tree(tmp_path / "src", study_objects(3, 10, seed="live"))
-    argv = [*CLI, "run", str(tmp_path / "src"), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables")]
+    argv = [*CLI, "run", str(tmp_path / "src"), str(tmp_path / "dest"), "--tables", str(tmp_path / "tables"),
+            "--workers", "2"]  # a cluster, which a job this small would not start by itself
     timeline = watch(argv, _env(**{SECRET_ENV: SECRET.decode()}), terminal=terminal, timeout=500)
     text = timeline.text
     assert timeline.code == 0, text
