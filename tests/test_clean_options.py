@@ -201,6 +201,9 @@ def test_every_content_item_concept_gets_its_action(flags):
 
 
 OWN_VALUES = {b"ANONYMIZED", b"19000101", b"19000101000000"}  # the engine's dummies prove nothing
+RETAIN_OPTIONS = ("retain_uids", "retain_device_identity", "retain_patient_characteristics",
+                  "retain_institution_identity", "retain_long_full_dates", "retain_long_modified_dates",
+                  "retain_safe_private")
 # Text that can identify: no codes, ages or numbers.
 SEARCHED_VRS = {"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
@@ -233,10 +236,13 @@ def walk_values(ds, profile: Profile, into: dict[str, set[bytes]]) -> None:
 @pytest.mark.parametrize("flags", [{"clean_descriptions": True}, {"clean_structured_content": True},
                                    {"clean_graphics": True},
                                    {"clean_descriptions": True, "clean_structured_content": True,
-                                    "clean_graphics": True, "retain_long_modified_dates": True}],
-                         ids=["descriptors", "structured", "graphics", "all+modified-dates"])
-def test_corpus_leaks_nothing_with_each_cleaning_option(flags):
+                                    "clean_graphics": True, "retain_long_modified_dates": True},
+                                   *({name: True} for name in RETAIN_OPTIONS)],
+                         ids=["descriptors", "structured", "graphics", "all+modified-dates", *RETAIN_OPTIONS])
+def test_corpus_leaks_nothing_with_each_option(flags):
+    """What an option does not retain stays out of every output, the retain options' included."""
     profile = Profile(**flags)
+    retaining = any(name.startswith("retain_") and name != "retain_long_modified_dates" for name in flags)
     leaks, checked, written = [], 0, 0
     with open(CORPUS / "MANIFEST.csv", newline="", encoding="utf-8") as f:
         paths = [row["path"] for row in csv.DictReader(f)]
@@ -247,7 +253,9 @@ def test_corpus_leaks_nothing_with_each_cleaning_option(flags):
             try:
                 out = deidentify_bytes(data, profile, secret=SECRET).data
             except DeidError as err:
-                assert err.reason != "leak-guard", path  # the cleaner leaves the guard nothing to find
+                # The cleaner leaves the guard nothing to find; a retained value may still hold a
+                # removed one (a physician's name in a kept institution name): then the guard refuses.
+                assert err.reason != "leak-guard" or retaining, path
                 continue
             values: dict[str, set[bytes]] = {"gone": set(), "kept": set()}
             walk_values(parse(data), profile, values)
@@ -256,5 +264,5 @@ def test_corpus_leaks_nothing_with_each_cleaning_option(flags):
         checked += len(suspects)
         leaks += [(path, v) for v in suspects if v in out]
         pydicom.dcmread(BytesIO(out))
-    assert written >= 450 and checked > 3000
+    assert written >= 440 and checked > 2000  # real identifying values were searched for
     assert not leaks
