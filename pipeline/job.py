@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -196,8 +197,18 @@ def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOA
           LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
                        dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0") as local,
           Client(local) as client):
-        log.info("Dask dashboard: %s", client.dashboard_link)
+        log.info("Dask dashboard: %s", _bound_link(client.dashboard_link, dashboard_address))
         yield client
+
+
+def _bound_link(link: str, address: str) -> str:
+    """The dashboard's link at the host it listens on: an in-process cluster names this machine's
+    outward address, where a dashboard bound to 127.0.0.1 cannot be reached."""
+    host = address.rpartition(":")[0]
+    if not link or not host or host in ("0.0.0.0", "::", "[::]"):
+        return link
+    parts = urlsplit(link)
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
 
 
 def _secret_env(key: bytes | None) -> dict[str, str]:
