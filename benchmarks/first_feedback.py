@@ -1,10 +1,12 @@
 """Seconds from `dicom-deid run`'s start to the first line of each stage, and its longest silence, on a
 pseudo-terminal and on a pipe.
 
-Usage (from the repository root): python -m benchmarks.first_feedback [--objects 300] [--rounds 3]
+Usage (from the repository root):
+    python -m benchmarks.first_feedback [--objects 300] [--rounds 3] [--workers N]
 
-Each round runs the whole command (embedded local cluster of 2 workers, a generated archive of distinct CT
-objects, a fresh DEST and TABLES) with its output on a pseudo-terminal, as a person at a shell sees it, and
+Each round runs the whole command (in its own process for a job this small, or on an embedded local
+cluster of N workers with --workers; a generated archive of distinct CT objects, a fresh DEST and
+TABLES) with its output on a pseudo-terminal, as a person at a shell sees it, and
 then into a pipe, as a log file gets it, timing every chunk of output as it arrives. Printed per stage:
 the median seconds from process start to the stage's first output (with the spread over rounds), and
 the longest time the screen or log stayed unchanged, with what it showed then. The baseline, measured in
@@ -157,7 +159,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, help="start a local cluster of N workers (a job of at most "
+                        "1,000 objects otherwise runs in the command's own process)")
     args = parser.parse_args()
+    extra = ["--workers", str(args.workers)] if args.workers else []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_archive(work / "src", args.objects)
@@ -169,7 +174,7 @@ def main() -> None:
             firsts: dict[str, list[float]] = {name: [] for name in ("first output", *dict(STAGES), "exit")}
             silences: list[tuple[float, str]] = []
             for _ in range(args.rounds):
-                timeline = watch(run_command(work), env, terminal)
+                timeline = watch(run_command(work, extra), env, terminal)
                 if timeline.code != 0:
                     raise SystemExit(f"dicom-deid run failed ({timeline.code}):\n{timeline.text}")
                 firsts["first output"].append(timeline.chunks[0][0])
