@@ -408,6 +408,19 @@ def test_a_date_stored_under_a_binary_vr_is_not_kept_by_modified_dates():
         assert b"19760616" not in out
 
 
+def test_a_datetime_stored_as_tm_is_no_time_kept_under_modified_dates():
+    """Modified Dates keeps times; a DT attribute stored under TM still holds a date, which must not be
+    kept as it is (a fuzzer find: Radiopharmaceutical Start DateTime written whole by both walkers)."""
+    ds = seed(StudyTime="101010")
+    ds.add_new(0x00181078, "TM", "19810609101010.000000")  # Radiopharmaceutical Start DateTime is DT
+    data = encode(ds)
+    profile = Profile(retain_long_modified_dates=True)
+    for out in (deidentify_bytes(data, profile, secret="s").data,
+                serialize(apply(parse(data), profile, secret="s")[0])):
+        assert b"19810609" not in out
+        assert b"101010" in out  # Study Time, a time, is kept
+
+
 def test_a_datetime_that_swallowed_what_follows_is_not_shifted_along_with_it():
     """Modified Dates shifts a DT's date and keeps its time and offset; bytes a wrong length made part
     of the value (a swallowed element) are no time: the value becomes empty (a fuzzer find)."""

@@ -96,7 +96,7 @@ class _Walk:
                 action, text, counted = values[tag], WALK, int(tag)
             else:
                 action, text, counted = action_at(tag, self.profile, self.iod, path), inner, int(tag)
-            op = operation(action, _vr(elem), text, shifting)
+            op = operation(action, _vr(elem), text, shifting, tag)
             if op == NEW_UIDS:
                 op = settled(_text(elem))
             new = self._element(elem, op, depth, path)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
+
+from pydicom.datadict import dictionary_VR
 
 from .clean import CLEANED_VRS
 from .errors import DeidError
@@ -34,7 +37,7 @@ def shifting_dates(profile: Profile) -> bool:
     return profile.retain_long_modified_dates and not profile.retain_long_full_dates
 
 
-def operation(action: str, vr: str, inner: str, shifting: bool) -> str:
+def operation(action: str, vr: str, inner: str, shifting: bool, tag: int = 0) -> str:
     """Turn a resolved action and the element's VR into one operation.
 
     `inner` is the operation of the sequence the element is in (WALK at the top level). Inside a
@@ -73,8 +76,8 @@ def operation(action: str, vr: str, inner: str, shifting: bool) -> str:
         if vr in DATE_VRS:
             return SHIFT
         # Times are kept; only dates move. A date stored under any other VR (FD, UL, ...) cannot be
-        # shifted and must not be kept as it is.
-        return KEEP if vr == "TM" else DUMMY
+        # shifted and must not be kept as it is; nor one stored as TM (a DT of `tag` holds a date).
+        return KEEP if vr == "TM" and not holds_date(tag) else DUMMY
     if action == "C" and vr in BULK_VRS:
         return BLANK  # e.g. Overlay Data: zeros of the same length keep the overlay valid and empty
     if action == "C" and vr in CLEANED_VRS and inner != WALK_DUMMY:
@@ -86,6 +89,15 @@ def settled(text: str) -> str:
     """The safety net's NEW_UIDS, or KEEP for a value holding only well-known UIDs."""
     uids = [uid.strip(" \0") for uid in text.split("\\")]
     return KEEP if all(well_known(uid) or not uid for uid in uids) else NEW_UIDS
+
+
+@lru_cache(maxsize=4096)
+def holds_date(tag: int) -> bool:
+    """Whether the data dictionary makes a public attribute a date or a date and time."""
+    try:
+        return not tag >> 16 & 1 and dictionary_VR(tag) in DATE_VRS
+    except KeyError:
+        return False
 
 
 class PrivateBlocks:

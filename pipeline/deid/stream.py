@@ -400,7 +400,7 @@ class _Stream(Reader):
                 else:
                     action = self.actions.get(tag) or self._action(tag, path)
                     text, counted = inner, tag
-                op = operation(action, known, text, self.shifting)
+                op = operation(action, known, text, self.shifting, tag)
                 if stop is not None and tag in self.actions:  # public, and decided by tag alone
                     if len(plans) > MAX_PLANS:
                         plans.clear()
