@@ -408,6 +408,18 @@ def test_a_date_stored_under_a_binary_vr_is_not_kept_by_modified_dates():
         assert b"19760616" not in out
 
 
+def test_a_character_set_stored_as_a_number_is_malformed_for_both_walkers():
+    """Specific Character Set under US (a fuzzer find: the byte walker wrote it, pydicom cannot read it)."""
+    data = bytearray(encode(seed()))
+    at = data.index(b"\x08\x00\x05\x00CS")
+    data[at + 4:at + 6] = b"US"
+    for walker in (lambda: deidentify_bytes(bytes(data), basic_profile(), secret="s"),
+                   lambda: apply(parse(bytes(data)), secret="s")):
+        with pytest.raises(DeidError) as refused:
+            walker()
+        assert refused.value.reason == "malformed" and "character set" in str(refused.value)
+
+
 def test_a_datetime_stored_as_tm_is_no_time_kept_under_modified_dates():
     """Modified Dates keeps times; a DT attribute stored under TM still holds a date, which must not be
     kept as it is (a fuzzer find: Radiopharmaceutical Start DateTime written whole by both walkers)."""

@@ -63,7 +63,8 @@ def contradiction(tag: int, vr: str) -> str | None:
 
     A sequence stored under any VR but SQ or UN, or a VR whose header has another layout than
     every VR the dictionary allows (SH read as OV), means the VR bytes are not what the attribute
-    is, so its length and all that follows are misread. Other mismatches (LO for SH, US for SH)
+    is, so its length and all that follows are misread; a Specific Character Set that is not text
+    leaves no reading of the text values to trust. Other mismatches (LO for SH, US for SH)
     are common and harmless: the value is checked against the VR it is stored under.
     """
     return None if tag >> 16 & 1 or vr in ("UN", "SQ") else _contradiction(tag, vr)
@@ -71,6 +72,8 @@ def contradiction(tag: int, vr: str) -> str | None:
 
 @lru_cache(maxsize=8192)
 def _contradiction(tag: int, vr: str) -> str | None:
+    if tag == SPECIFIC_CHARACTER_SET and vr != "CS":  # every text value is read by it: no guessing
+        return f"{name(tag)} stored as {vr}, but the character set is CS text"
     known = _public_vr(tag)
     if known in ("UN", "NONE"):
         return None
