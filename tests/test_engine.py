@@ -210,6 +210,25 @@ def test_safe_private_is_creator_aware(run):
     assert 0x00091001 not in out and 0x00090010 not in out
 
 
+def test_safe_private_decides_nested_items_one_by_one(run):
+    """In a kept sequence each item's private blocks are decided by that item's own creators; a creator
+    whose block keeps nothing goes with it."""
+    ds = make_dataset()
+    first, second = Dataset(), Dataset()
+    for item in (first, second):
+        item.add_new(0x00190010, "LO", "GEMS_ACQU_01")
+        item.add_new(0x00191004, "DS", "1.5")  # not in Table E.3.10-1: goes
+    first.add_new(0x00191024, "DS", "30")  # listed as safe under this creator: stays
+    second.add_new(0x00210010, "LO", "GEMS_ACQU_01")  # the same creator in another group: not listed
+    second.add_new(0x00211024, "DS", "30")
+    ds.CTAcquisitionTypeSequence = [first, second]
+    out = read(run(to_bytes(ds), retain_safe_private=True)[0])
+    kept_first, kept_second = out.CTAcquisitionTypeSequence
+    assert kept_first[0x00191024].value == 30 and kept_first[0x00190010].value == "GEMS_ACQU_01"
+    assert 0x00191004 not in kept_first
+    assert not [t for t in kept_second.keys() if t.is_private]  # nothing safe: creators gone too
+
+
 def test_overlay_group_goes_whole_and_curves_go(run):
     out = read(run(to_bytes(make_dataset()))[0])
     assert not [t for t in out.keys() if t.group in (0x5000, 0x6000)]
