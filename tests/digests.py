@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
+from samples import encode, generated_deep
 
 DIGESTS = Path(__file__).resolve().parent / "data" / "output_digests.tsv"
 _ROOT = "1.2.826.0.1.3680043.10.1299"  # fixed UIDs, so the archive is the same bytes on every machine
-
-
-def _encode(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def fixed_archive(root: Path) -> None:
@@ -38,19 +30,11 @@ def fixed_archive(root: Path) -> None:
             ds.InstanceNumber = i + 1
             path = root / "studies" / f"{s}" / f"{i}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_encode(ds))
+            path.write_bytes(encode(ds))
     (root / "studies" / "copy.dcm").write_bytes((root / "studies" / "0" / "0.dcm").read_bytes())
-    deep = pydicom.dcmread(bundled / "CT_small.dcm")
-    inner = Dataset()
-    inner.CodeMeaning = "bottom"
-    for _ in range(200):
-        outer = Dataset()
-        outer.ContentSequence = Sequence([inner])
-        inner = outer
-    deep.ContentSequence = inner.ContentSequence
     whole = (root / "studies" / "1" / "0.dcm").read_bytes()
     poison = {"empty.dcm": b"", "notes.txt": b"not DICOM\n" * 20, "truncated.dcm": whole[:len(whole) // 2],
-              "deep.dcm": _encode(deep)}
+              "deep.dcm": generated_deep()}
     (root / "poison").mkdir()
     for name, data in poison.items():
         (root / "poison" / name).write_bytes(data)

@@ -19,7 +19,7 @@ PATIENT_ID = "PID-7731-XYZ"
 SECRET = b"test-secret-do-not-leak-0123456789"
 
 
-def _encode(ds: Dataset) -> bytes:
+def encode(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -37,14 +37,17 @@ def study_objects(studies: int, per_study: int, seed: str = "") -> dict[str, byt
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             ds.InstanceNumber = i + 1
-            files[f"{PATIENT_ID}{seed}{s}/study{s}/img{i:03d}.dcm"] = _encode(ds)
+            files[f"{PATIENT_ID}{seed}{s}/study{s}/img{i:03d}.dcm"] = encode(ds)
     return files
 
 
 def deeply_nested() -> bytes:
     """The corpus's hostile file when present, else a generated object nested far past any sane depth."""
-    if DEEP_CORPUS_FILE.exists():
-        return DEEP_CORPUS_FILE.read_bytes()
+    return DEEP_CORPUS_FILE.read_bytes() if DEEP_CORPUS_FILE.exists() else generated_deep()
+
+
+def generated_deep() -> bytes:
+    """CT_small with 200 nested Content Sequences: past the depth limit, the same bytes everywhere."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     inner = Dataset()
     inner.CodeMeaning = "bottom"
@@ -53,7 +56,7 @@ def deeply_nested() -> bytes:
         outer.ContentSequence = Sequence([inner])
         inner = outer
     ds.ContentSequence = inner.ContentSequence
-    return _encode(ds)
+    return encode(ds)
 
 
 def poison_objects() -> dict[str, tuple[bytes, set[str]]]:
