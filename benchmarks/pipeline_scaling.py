@@ -56,14 +56,14 @@ def _burn(_: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def machine_parallelism() -> float:
-    """Two processes of pure CPU against one: the most two workers could gain on this machine right now."""
-    with ProcessPoolExecutor(2) as pool:
-        list(pool.map(_burn, range(2)))  # start both processes before timing
+def machine_parallelism(processes: int = 2) -> float:
+    """N processes of pure CPU against one: the most N workers could gain on this machine right now."""
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_burn, range(processes)))  # start every process before timing
         alone = _burn()
         start = time.perf_counter()
-        list(pool.map(_burn, range(2)))
-        return 2 * alone / (time.perf_counter() - start)
+        list(pool.map(_burn, range(processes)))
+        return processes * alone / (time.perf_counter() - start)
 
 
 def _cpu_everywhere() -> float:
