@@ -114,8 +114,9 @@ def test_api_with_a_client_that_is_not_the_default(archive, remote, embedded, tm
 def test_the_embedded_cluster_gets_the_secret_outside_any_message(archive, embedded, tmp_path, monkeypatch,
                                                                   no_default_client):
     sent = Sent(monkeypatch)
+    # workers=2 asks for the embedded cluster: a job this small would otherwise run in this process.
     result = pipeline.run(str(archive / "src"), str(tmp_path / "dest"), str(tmp_path / "tables"),
-                          secret=SECRET, max_unit_objects=3)
+                          secret=SECRET, max_unit_objects=3, workers=2)
     assert result.ok and _dicom(tmp_path / "dest") == embedded
     assert sent.holds(b"run_unit") and not sent.holds(SECRET)
 
