@@ -73,18 +73,24 @@ class Guard:
     def note(self, tag: int, op: str, vr: str, value: Value) -> None:
         """One element's fate: removed or replaced (searched for), or kept (may explain a hit)."""
         if op == KEEP:
-            if tag in PIXEL_TAGS:
-                return
-            raw = value()
-            private = tag >> 16 & 1
-            if vr in EXPLAINING_VRS and len(raw) <= MAX_EXPLAINING and (not private or self.private_explains):
-                self.explaining.append(raw)  # if printable: tested only when a hit needs explaining
-            if (private or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
-                self.opaque.append(raw)
-            if len(raw) >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
-                self.kept.append(raw)  # shorter values cannot hold a searched value
+            if tag not in PIXEL_TAGS:
+                self.keep(tag, vr, value())
         elif vr in SEARCHED_VRS and op not in _NOT_NOTED and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
+
+    def keep(self, tag: int, vr: str, raw: bytes | memoryview) -> None:
+        """A kept element's value, which the byte walker has at hand: it may explain a hit, hide an
+        element, or still hold a removed value."""
+        if tag in PIXEL_TAGS:
+            return
+        size, private = len(raw), tag >> 16 & 1
+        explaining = vr in EXPLAINING_VRS
+        if explaining and size <= MAX_EXPLAINING and (not private or self.private_explains):
+            self.explaining.append(raw)  # if printable: tested only when a hit needs explaining
+        if (private or not explaining) and size >= MIN_HIDDEN:
+            self.opaque.append(raw)
+        if size >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
+            self.kept.append(raw)  # shorter values cannot hold a searched value
 
     def check(self) -> None:
         """Refuse the object when what it keeps holds a removed value that nothing explains; the
