@@ -253,6 +253,15 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
     return tuple(encoded)
 
 
+@lru_cache(maxsize=64)
+def _syntax(text: str) -> tuple[UID, bool, bool]:
+    """A transfer syntax, whether this walker reads it (little endian, not deflated), and whether it
+    is implicit VR; decided once per syntax, not per file."""
+    syntax = UID(text)
+    readable = syntax.is_transfer_syntax and not syntax.is_deflated and syntax.is_little_endian
+    return syntax, readable, readable and syntax.is_implicit_VR
+
+
 class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
@@ -276,11 +285,11 @@ class _Stream(Reader):
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
-        syntax = UID(meta.get(TRANSFER_SYNTAX, b"").decode("ascii", "replace").rstrip("\0 "))
-        if (not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian
-                or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
+        text = meta.get(TRANSFER_SYNTAX, b"").decode("ascii", "replace").rstrip("\0 ")
+        syntax, readable, implicit = _syntax(text)
+        if not readable or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode():
             raise _Unsupported
-        self.body, self.implicit = pos, syntax.is_implicit_VR
+        self.body, self.implicit = pos, implicit
         if pos < len(self.data) and looks_explicit(self.data, pos) == self.implicit:
             raise _Unsupported  # encoded otherwise than its transfer syntax says: pydicom re-encodes
         top = self._top_values((SOP_CLASS, REFERENCED_SERIES))
@@ -306,12 +315,14 @@ class _Stream(Reader):
         """HEADER's output values decoded as pydicom would give them (one value each)."""
         charset = self.top.get(0x00080005, b"").decode("ascii", "replace").split("\\")
         values: dict[str, str | int | None] = dict.fromkeys(HEADER.values())
+        encodings = None
         for tag, raw in self.top.items():
             keyword = HEADER[tag]
             if keyword in ("Rows", "Columns"):
                 values[keyword] = unpack_from("<H", raw)[0] if len(raw) >= 2 else None
             else:
-                text = decode_bytes(raw, convert_encodings([c.strip(" \0") for c in charset]), set())
+                encodings = encodings or convert_encodings([c.strip(" \0") for c in charset])
+                text = decode_bytes(raw, encodings, set())
                 values[keyword] = text.strip(" \0") if keyword != "NumberOfFrames" else _int(text)
         return values
 
