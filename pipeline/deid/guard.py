@@ -99,15 +99,22 @@ class Guard:
         patterns = self._patterns() if self.kept else None
         if not patterns:
             return
+        kept = _lowered(b"\0".join(self.kept))
+        # Only patterns that occur in the kept text at all can hit: most objects hold none, and
+        # testing each is cheaper than building an automaton of them all.
+        present = [(pattern, tag) for pattern, tag in patterns.items() if pattern in kept]
+        if not present:
+            return
         automaton = ahocorasick.Automaton()
-        for pattern, tag in patterns.items():
+        for pattern, tag in present:
             automaton.add_word(pattern, (pattern, tag))
         automaton.make_automaton()
         explained = None  # what the kept values say on purpose, searched once a hit needs it
-        for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
+        for pattern, tag in _hits(automaton, kept):
             if explained is None:
-                explaining = [raw for raw in self.explaining if _printable(raw)]
-                explained = {p for p, _ in _hits(automaton, b"\0".join([*explaining, ENGINE_WORDS]))}
+                explaining = _lowered(b"\0".join([*(raw for raw in self.explaining if _printable(raw)),
+                                                  ENGINE_WORDS]))
+                explained = {p for p, _ in _hits(automaton, explaining)}
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")
@@ -207,9 +214,14 @@ def _specific(form: bytes) -> bool:
     return len(set(form.lower())) >= MIN_DISTINCT
 
 
-def _hits(automaton: ahocorasick.Automaton, haystack: bytes):
-    """(pattern, tag) of each match that is a whole word or value, not part of a longer one."""
-    text = haystack.lower().decode("latin-1")
+def _lowered(haystack: bytes) -> str:
+    """Bytes as the patterns are searched in: lowered, one character per byte."""
+    return haystack.lower().decode("latin-1")
+
+
+def _hits(automaton: ahocorasick.Automaton, text: str):
+    """(pattern, tag) of each match in lowered text that is a whole word or value, not part of a
+    longer one."""
     last = len(text) - 1
     for end, (pattern, tag) in automaton.iter(text):
         start = end - len(pattern) + 1
