@@ -75,7 +75,7 @@ class Guard:
         if op == KEEP:
             if tag not in PIXEL_TAGS:
                 self.keep(tag, vr, value())
-        elif vr in SEARCHED_VRS and op not in _NOT_NOTED and (vr != "UN" or _untyped_text(value())):
+        elif searched(vr, op) and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
 
     def keep(self, tag: int, vr: str, raw: bytes | memoryview) -> None:
@@ -149,6 +149,12 @@ class Guard:
             for pattern in searched_forms(vr, raw):
                 found.setdefault(pattern, tag)
         return found
+
+
+def searched(vr: str, op: str) -> bool:
+    """Whether a value removed or replaced so is searched for (a UN value only if it reads as text);
+    the byte walker asks once per plan, not per element."""
+    return vr in SEARCHED_VRS and op not in _NOT_NOTED and op != KEEP
 
 
 def _printable(raw: bytes | memoryview) -> bool:

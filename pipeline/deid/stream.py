@@ -24,7 +24,7 @@ from pydicom.uid import UID
 from .clean import cleaned_value
 from .engine import deidentify
 from .errors import DeidError
-from .guard import Guard
+from .guard import Guard, searched
 from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
@@ -191,6 +191,7 @@ class _Plan(NamedTuple):
     op: str
     counted: tuple[int, str, str]  # its key in the actions count
     runs: bool  # kept, it may share a chunk with the kept elements before it (`_Stream._runs`)
+    noted: bool  # removed or replaced, the guard searches for its value (`guard.searched`)
 
 
 @cache
@@ -400,7 +401,7 @@ class _Stream(Reader):
                 overlay_tags.append(tag)
             plan = plans.get(tag) if stop is not None else None
             if plan is not None and plan.vr == vr:
-                _, known, action, op, counted, runs = plan
+                _, known, action, op, counted, runs, noted = plan
             else:
                 if vr is None or vr == "UN":
                     known = _dictionary_vr(tag)
@@ -424,11 +425,11 @@ class _Stream(Reader):
                     action = self.actions.get(tag) or self._action(tag, path)
                     text, group = inner, tag
                 op = operation(action, known, text, self.shifting, tag)
-                counted, runs = (group, action, op), self._runs(tag)
+                counted, runs, noted = (group, action, op), self._runs(tag), searched(known, op)
                 if stop is not None and tag in self.actions:  # public, and decided by tag alone
                     if len(plans) > MAX_PLANS:
                         plans.clear()
-                    plans[tag] = _Plan(vr, known, action, op, counted, runs)
+                    plans[tag] = _Plan(vr, known, action, op, counted, runs, noted)
             if op == WALK_CLEAN and self.structured and tag in STRUCTURED_SEQUENCES:
                 raise _Unsupported
             if op == NEW_UIDS:
@@ -449,7 +450,8 @@ class _Stream(Reader):
                     chunk = view[pos:stop]
             else:
                 chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
-                note(tag, op, known, lambda s=start, e=stop: view[s:e])
+                if noted:
+                    note(tag, op, known, lambda s=start, e=stop: view[s:e])
                 if chunk is None:
                     count((counted[0], action, DROP))
                     pos = after
@@ -503,7 +505,10 @@ class _Stream(Reader):
             if isinstance(items, bytes):
                 return head + items + _SEQUENCE_END, after
             return [head, *items, _SEQUENCE_END], after
-        after = self.past(known, start, stop, implicit or vr == "UN", depth)
+        if stop is None or known == "SQ":
+            after = self.past(known, start, stop, implicit or vr == "UN", depth)
+        else:
+            after = stop
         if op == KEEP:  # an undefined length here is encapsulated Pixel Data, kept whole
             return self.view[pos:after], after
         if op == DROP:
