@@ -6,10 +6,13 @@ FOLDER defaults to ../shared/corpus (else pydicom's bundled test files). Files a
 that every side measures parsing, processing and encoding, not the disk. Each round times, over the
 same files and in rotating order, the baseline (pydicom dcmread + save_as), the engine's byte path
 (`deidentify_bytes`, what the pipeline runs) with its output guard and without it (the guard's
-collection and search switched off), and its dataset API (parse + apply + serialize); the figures
-printed are medians over rounds, with the range of the per-round ratios as the noise. Each side is
-timed by the wall clock and by this process's CPU time: on a shared machine the wall clock also
-counts other processes' turns, the CPU time only this one's work.
+collection and search switched off), and its dataset API (parse + apply + serialize). The sides
+take turns block by block (BLOCK files each, run back to back as a worker runs them; which side goes
+first rotates with the block and the round), so a change in the machine's load falls on all of them
+alike; the figures printed are medians over rounds, with the range of the per-round ratios as the
+noise. Each side is timed by the wall clock and by this
+process's CPU time: on a shared machine the wall clock also counts other processes' turns, the CPU
+time only this one's work.
 """
 
 from __future__ import annotations
@@ -76,12 +79,23 @@ def usable(folder: Path) -> list[bytes]:
     return found
 
 
-def timed(fn, files: list[bytes]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one pass over the files."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for data in files:
-        fn(data)
-    return time.perf_counter() - wall, time.process_time() - cpu
+BLOCK = 16
+
+
+def one_round(sides: dict, files: list[bytes], turn: int) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds) of each side over all files, the sides taking turns block by block."""
+    names = list(sides)
+    taken = {name: [0.0, 0.0] for name in names}
+    for i, at in enumerate(range(0, len(files), BLOCK)):
+        block = files[at:at + BLOCK]
+        first = (turn + i) % len(names)
+        for name in names[first:] + names[:first]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            for data in block:
+                sides[name](data)
+            taken[name][0] += time.perf_counter() - wall
+            taken[name][1] += time.process_time() - cpu
+    return {name: (wall, cpu) for name, (wall, cpu) in taken.items()}
 
 
 def report(label: str, times: dict[str, list[float]], files: int, megabytes: float) -> None:
@@ -114,9 +128,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {name: [] for name in sides}
     cpus: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(args.rounds):
-        names = list(sides)
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            wall, cpu = timed(sides[name], files)
+        for name, (wall, cpu) in one_round(sides, files, i).items():
             walls[name].append(wall)
             cpus[name].append(cpu)
     print(f"{len(files)} files, {megabytes:.1f} MB from {folder}, {args.rounds} rounds")
