@@ -40,6 +40,7 @@ EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "C
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
 MIN_HIDDEN = 12  # an element header and a short value: anything shorter hides nothing
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
+MAX_SCANNED = 48  # patterns searched one by one; more go into one automaton
 MAX_EXPLAINING = 4096  # longer kept values are data (contours, lists), not a name said on purpose
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pixels, never read as elements
 _NUMBER_CHARS = b"0123456789+-.eE \\"  # a DS or IS value made only of these holds numbers only
@@ -100,21 +101,16 @@ class Guard:
         if not patterns:
             return
         kept = _lowered(b"\0".join(self.kept))
-        # Only patterns that occur in the kept text at all can hit: most objects hold none, and
-        # testing each is cheaper than building an automaton of them all.
-        present = [(pattern, tag) for pattern, tag in patterns.items() if pattern in kept]
-        if not present:
-            return
-        automaton = ahocorasick.Automaton()
-        for pattern, tag in present:
-            automaton.add_word(pattern, (pattern, tag))
-        automaton.make_automaton()
+        words = list(patterns.items())
+        if len(words) <= MAX_SCANNED:  # only patterns the kept text holds at all can hit: most hold none
+            words = [(pattern, tag) for pattern, tag in words if pattern in kept]
+        hits = _hits(words, kept)
         explained = None  # what the kept values say on purpose, searched once a hit needs it
-        for pattern, tag in _hits(automaton, kept):
+        for pattern, tag in hits:
             if explained is None:
                 explaining = _lowered(b"\0".join([*(raw for raw in self.explaining if _printable(raw)),
                                                   ENGINE_WORDS]))
-                explained = {p for p, _ in _hits(automaton, explaining)}
+                explained = {p for p, _ in _hits(list(dict.fromkeys(hits)), explaining)}
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")
@@ -225,15 +221,28 @@ def _lowered(haystack: bytes) -> str:
     return haystack.lower().decode("latin-1")
 
 
-def _hits(automaton: ahocorasick.Automaton, text: str):
+def _hits(words: list[tuple[str, int]], text: str) -> list[tuple[str, int]]:
     """(pattern, tag) of each match in lowered text that is a whole word or value, not part of a
-    longer one."""
+    longer one, in the order of their ends (the longer first where two end alike). A few patterns
+    are found one by one; more by one automaton pass, which costs about as much as MAX_SCANNED finds."""
+    found: list[tuple[int, int, str, int]] = []  # (end, -length, pattern, tag)
+    if len(words) > MAX_SCANNED:
+        automaton = ahocorasick.Automaton()
+        for pattern, tag in words:
+            automaton.add_word(pattern, (pattern, tag))
+        automaton.make_automaton()
+        found = [(end, -len(p), p, tag) for end, (p, tag) in automaton.iter(text)]
+    else:
+        for pattern, tag in words:
+            at = text.find(pattern)
+            while at >= 0:
+                found.append((at + len(pattern) - 1, -len(pattern), pattern, tag))
+                at = text.find(pattern, at + 1)
+        found.sort()
     last = len(text) - 1
-    for end, (pattern, tag) in automaton.iter(text):
-        start = end - len(pattern) + 1
-        if (start == 0 or ord(text[start - 1]) not in _WORD) and (end == last or ord(text[end + 1])
-                                                                    not in _WORD):
-            yield pattern, tag
+    return [(pattern, tag) for end, size, pattern, tag in found
+            if (end + size == -1 or ord(text[end + size]) not in _WORD)
+            and (end == last or ord(text[end + 1]) not in _WORD)]
 
 
 def element_value(elem, charset: str | list[str] | None) -> bytes:
