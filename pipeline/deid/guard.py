@@ -118,13 +118,24 @@ class Guard:
     def _check_hidden_elements(self) -> None:
         """A kept opaque value holding the explicit VR header of an element the profile removes has
         swallowed that element (a length run over what follows): its value was never read, so only
-        its header can tell."""
+        its header can tell. Each VR's two letters are found (rare in binary data), then the tag
+        before them looked up; the first header in the values is named (all are six bytes)."""
         if not self.opaque:
             return
-        automaton = _removed_headers(self.profile)
-        for _, tag in automaton.iter(b"\0".join(self.opaque).decode("latin-1")):
-            raise DeidError("leak-guard", f"a kept private or binary value holds the header of {Tag(tag)}, "
-                                          "an element the profile removes; the object is not written")
+        data = b"\0".join(self.opaque)
+        first: tuple[int, int] | None = None  # (offset, tag) of the first header found
+        for code, tags in _removed_headers(self.profile).items():
+            at = data.find(code, 4)
+            while at >= 0 and (first is None or at < first[0]):
+                tag = tags.get(data[at - 4:at])
+                if tag is not None:
+                    first = (at, tag)
+                    break
+                at = data.find(code, at + 1)
+        if first is not None:
+            raise DeidError("leak-guard", "a kept private or binary value holds the header of "
+                                          f"{Tag(first[1])}, an element the profile removes; the object "
+                                          "is not written")
 
     def cleaner(self) -> Cleaner:
         """What cleaned text must lose: every removed value in its searched forms (dates also as
@@ -160,20 +171,20 @@ def _printable(raw: bytes | memoryview) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _removed_headers(profile: Profile) -> ahocorasick.Automaton:
+def _removed_headers(profile: Profile) -> dict[bytes, dict[bytes, int]]:
     """Explicit VR little endian headers (tag and dictionary VR) of the attributes Table E.1-1 lists
-    that the profile does not keep as they are."""
-    automaton = ahocorasick.Automaton()
+    that the profile does not keep as they are: VR bytes -> tag bytes -> tag."""
+    headers: dict[bytes, dict[bytes, int]] = {}
     for tag in listed_tags():
         if resolved_action(tag, profile) != "K":
             try:
                 vr = dictionary_VR(tag).split(" or ")[0]
             except KeyError:
                 continue
-            header = pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
-            automaton.add_word(header.decode("latin-1"), tag)
-    automaton.make_automaton()
-    return automaton
+            if len(vr) != 2:  # no explicit VR header holds it
+                continue
+            headers.setdefault(vr.encode(), {})[pack("<HH", tag >> 16, tag & 0xFFFF)] = tag
+    return headers
 
 
 def _untyped_text(raw: bytes | memoryview) -> bool:
