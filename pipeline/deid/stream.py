@@ -201,6 +201,23 @@ def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
     return {}
 
 
+MAX_VERDICTS, MAX_REMEMBERED = 65536, 64
+_verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
+
+
+def _conformance(tag: int, vr: str, raw: memoryview) -> tuple[bool, str] | None:
+    """`structure.conformance`, remembered for short values: most repeat from object to object."""
+    if len(raw) > MAX_REMEMBERED:
+        return conformance(tag, vr, raw)
+    key = (tag, vr, raw.tobytes())
+    verdict = _verdicts.get(key, False)
+    if verdict is False:
+        if len(_verdicts) >= MAX_VERDICTS:
+            _verdicts.clear()
+        verdict = _verdicts[key] = conformance(tag, vr, raw)
+    return verdict
+
+
 def _dictionary_vr(tag: int) -> str:
     return "UN" if tag >> 16 & 1 else _public_vr(tag)
 
@@ -437,7 +454,7 @@ class _Stream(Reader):
                 counted = (counted[0], action, op)
             if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
                 value, after = view[start:stop], stop
-                if problem := conformance(tag, known, value):
+                if problem := _conformance(tag, known, value):
                     if problem[0]:
                         raise malformed(pos, f"{name(tag)}: {problem[1]}")
                     count((counted[0], action, DROP))  # a value that does not conform is not output
