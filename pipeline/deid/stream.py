@@ -201,13 +201,14 @@ def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
     return {}
 
 
-MAX_VERDICTS, MAX_REMEMBERED = 65536, 64
+MAX_VERDICTS, MAX_REMEMBERED = 4096, 64  # bounded: ~1 MB
 _verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
 
 
 def _conformance(tag: int, vr: str, raw: memoryview) -> tuple[bool, str] | None:
-    """`structure.conformance`, remembered for short values: most repeat from object to object."""
-    if len(raw) > MAX_REMEMBERED:
+    """`structure.conformance`, remembered for short public values: most repeat from object to object
+    (private tags are countless, so never remembered)."""
+    if len(raw) > MAX_REMEMBERED or tag >> 16 & 1:
         return conformance(tag, vr, raw)
     key = (tag, vr, raw.tobytes())
     verdict = _verdicts.get(key, False)
@@ -294,7 +295,7 @@ class _Stream(Reader):
         self.actions = _actions(profile)
         self.plans = _plans(profile)
         self.placed = placed_tags(profile)
-        self.seen: list[tuple[int, str, str]] = []  # (tag, action, what was done) of each element
+        self.seen: Counter = Counter()  # (tag, action, what was done) -> how often; see actions.py
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
         self.guard = Guard(profile)
         self.pending: list[_Pending] = []
@@ -327,7 +328,7 @@ class _Stream(Reader):
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
                         *(_joined(c) for _, c in body)])
-        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header, Counter(self.seen))
+        return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header, self.seen)
 
     def _header(self) -> dict[str, str | int | None]:
         """HEADER's output values decoded as pydicom would give them (one value each)."""
@@ -392,7 +393,7 @@ class _Stream(Reader):
         span_start = span_end = -1  # the run of verbatim elements the last chunk holds
         private: PrivateBlocks | None = None  # made at the first private element: most items have none
         last = -1
-        count = self.seen.append
+        seen = self.seen
         data, view, read_header = self.data, self.view, self.read_header
         note, keep = self.guard.note, self.guard.keep
         plans = self.plans.get(inner)
@@ -434,7 +435,8 @@ class _Stream(Reader):
                     private = private or PrivateBlocks(self.profile)
                     if not private.keeps(tag, lambda s=start, e=stop: self.data[s:e].decode("latin-1")):
                         self.guard.note(tag, DROP, known, lambda s=start, e=stop: self.view[s:e])
-                        count((tag | 0xFFFF, "X", DROP))
+                        key = (tag | 0xFFFF, "X", DROP)
+                        seen[key] = seen.get(key, 0) + 1
                         pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                         continue
                     action, text, group = "K", WALK, tag | 0xFFFF  # private ones are counted by group
@@ -457,7 +459,8 @@ class _Stream(Reader):
                 if problem := _conformance(tag, known, value):
                     if problem[0]:
                         raise malformed(pos, f"{name(tag)}: {problem[1]}")
-                    count((counted[0], action, DROP))  # a value that does not conform is not output
+                    key = (counted[0], action, DROP)  # a value that does not conform is not output
+                    seen[key] = seen.get(key, 0) + 1
                     pos = after
                     continue
                 keep(tag, known, value)
@@ -470,10 +473,11 @@ class _Stream(Reader):
                 if noted:
                     note(tag, op, known, lambda s=start, e=stop: view[s:e])
                 if chunk is None:
-                    count((counted[0], action, DROP))
+                    key = (counted[0], action, DROP)
+                    seen[key] = seen.get(key, 0) + 1
                     pos = after
                     continue
-            count(counted)
+            seen[counted] = seen.get(counted, 0) + 1  # inline: this runs once per element
             if depth == 0 and tag in HEADER:
                 self.top[tag] = chunk if isinstance(chunk, _Pending) else self._value(chunk, implicit)
             verbatim = isinstance(chunk, memoryview)
