@@ -52,12 +52,15 @@ def byte_path(data: bytes) -> None:
 @contextmanager
 def guard_off():
     """The walkers' hooks stay in place; what they would collect and search is skipped."""
-    saved = Guard.note, Guard.check
-    Guard.note = Guard.check = lambda *args, **kwargs: None
+    hooks = [name for name in ("note", "keep", "check") if hasattr(Guard, name)]
+    saved = {name: getattr(Guard, name) for name in hooks}
+    for name in hooks:
+        setattr(Guard, name, lambda *args, **kwargs: None)
     try:
         yield
     finally:
-        Guard.note, Guard.check = saved
+        for name, hook in saved.items():
+            setattr(Guard, name, hook)
 
 
 def byte_path_unguarded(data: bytes) -> None:
