@@ -24,6 +24,7 @@ from .values import DUMMY_TEXT, nonconforming
 CLEANED_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 UNSPLIT_VRS = frozenset({"LT", "ST", "UT"})  # a backslash is text there, not a value delimiter
 MIN_FORM = 4  # shorter values (initials, "M") say nothing alone, as for the output guard
+SCANS_BEFORE_AUTOMATON = 4  # texts tested form by form; more are searched by one automaton
 _WORD = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
            "October", "November", "December")
@@ -105,13 +106,25 @@ class Cleaner:
         """`forms`: the values to remove, each as it may be written (matched case-insensitively, as
         whole words); `keep_dates`: dates and times as such are kept (Retain Full Dates)."""
         self.patterns = WITHOUT_DATES if keep_dates else SELF_IDENTIFYING
-        self.automaton: ahocorasick.Automaton | None = None
-        lowered = {f.lower() for f in forms if len(f.strip()) >= MIN_FORM}
-        if lowered:
+        self.forms = {f.lower() for f in forms if len(f.strip()) >= MIN_FORM}
+        self.automaton: ahocorasick.Automaton | None = None  # built once a text holds a form
+        self.scans = 0
+
+    def _found(self, lowered: str):
+        """(end, length) of each occurrence of a form in lowered text. Most texts are short and few
+        and hold no form, so the first few are tested form by form before an automaton is built."""
+        if self.automaton is None:
+            if not self.forms:
+                return ()
+            if self.scans < SCANS_BEFORE_AUTOMATON:
+                self.scans += 1
+                if not any(form in lowered for form in self.forms):
+                    return ()
             self.automaton = ahocorasick.Automaton()
-            for form in lowered:
+            for form in self.forms:
                 self.automaton.add_word(form, len(form))
             self.automaton.make_automaton()
+        return self.automaton.iter(lowered)
 
     def clean(self, vr: str, raw: bytes) -> bytes:
         """The value with what identifies removed; unchanged bytes when nothing does. Text is read
@@ -138,9 +151,9 @@ class Cleaner:
     def _spans(self, text: str) -> list[tuple[int, int]]:
         lowered = text.lower()
         spans = [m.span() for m in self.patterns.finditer(lowered)] if _PATTERN_CHARS.search(lowered) else []
-        if self.automaton is not None:
+        if self.forms:
             last = len(lowered) - 1
-            for end, size in self.automaton.iter(lowered):
+            for end, size in self._found(lowered):
                 start = end - size + 1
                 if ((start == 0 or lowered[start - 1] not in _WORD)
                         and (end == last or lowered[end + 1] not in _WORD)):

@@ -40,6 +40,7 @@ EXPLAINING_VRS = SEARCHED_VRS - {"UN", "PN", "LT", "ST", "UT", "UC"} | {"AS", "C
 MIN_TEXT, MIN_NUMBER, MIN_DISTINCT = 4, 6, 3
 MIN_HIDDEN = 12  # an element header and a short value: anything shorter hides nothing
 MAX_UNTYPED = 1024  # an untyped value longer than this is taken for binary
+MAX_SCANNED = 48  # patterns searched one by one; more go into one automaton
 MAX_EXPLAINING = 4096  # longer kept values are data (contours, lists), not a name said on purpose
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # pixels, never read as elements
 _NUMBER_CHARS = b"0123456789+-.eE \\"  # a DS or IS value made only of these holds numbers only
@@ -73,18 +74,24 @@ class Guard:
     def note(self, tag: int, op: str, vr: str, value: Value) -> None:
         """One element's fate: removed or replaced (searched for), or kept (may explain a hit)."""
         if op == KEEP:
-            if tag in PIXEL_TAGS:
-                return
-            raw = value()
-            private = tag >> 16 & 1
-            if vr in EXPLAINING_VRS and len(raw) <= MAX_EXPLAINING and (not private or self.private_explains):
-                self.explaining.append(raw)  # if printable: tested only when a hit needs explaining
-            if (private or vr not in EXPLAINING_VRS) and len(raw) >= MIN_HIDDEN:
-                self.opaque.append(raw)
-            if len(raw) >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
-                self.kept.append(raw)  # shorter values cannot hold a searched value
-        elif vr in SEARCHED_VRS and op not in _NOT_NOTED and (vr != "UN" or _untyped_text(value())):
+            if tag not in PIXEL_TAGS:
+                self.keep(tag, vr, value())
+        elif searched(vr, op) and (vr != "UN" or _untyped_text(value())):
             self.removed.setdefault((vr, bytes(value())), tag)
+
+    def keep(self, tag: int, vr: str, raw: bytes | memoryview) -> None:
+        """A kept element's value, which the byte walker has at hand: it may explain a hit, hide an
+        element, or still hold a removed value."""
+        if tag in PIXEL_TAGS:
+            return
+        size, private = len(raw), tag >> 16 & 1
+        explaining = vr in EXPLAINING_VRS
+        if explaining and size <= MAX_EXPLAINING and (not private or self.private_explains):
+            self.explaining.append(raw)  # if printable: tested only when a hit needs explaining
+        if (private or not explaining) and size >= MIN_HIDDEN:
+            self.opaque.append(raw)
+        if size >= MIN_TEXT and (vr not in ("DS", "IS") or bytes(raw).translate(None, _NUMBER_CHARS)):
+            self.kept.append(raw)  # shorter values cannot hold a searched value
 
     def check(self) -> None:
         """Refuse the object when what it keeps holds a removed value that nothing explains; the
@@ -93,15 +100,17 @@ class Guard:
         patterns = self._patterns() if self.kept else None
         if not patterns:
             return
-        automaton = ahocorasick.Automaton()
-        for pattern, tag in patterns.items():
-            automaton.add_word(pattern, (pattern, tag))
-        automaton.make_automaton()
+        kept = _lowered(b"\0".join(self.kept))
+        words = list(patterns.items())
+        if len(words) <= MAX_SCANNED:  # only patterns the kept text holds at all can hit: most hold none
+            words = [(pattern, tag) for pattern, tag in words if pattern in kept]
+        hits = _hits(words, kept)
         explained = None  # what the kept values say on purpose, searched once a hit needs it
-        for pattern, tag in _hits(automaton, b"\0".join(self.kept)):
+        for pattern, tag in hits:
             if explained is None:
-                explaining = [raw for raw in self.explaining if _printable(raw)]
-                explained = {p for p, _ in _hits(automaton, b"\0".join([*explaining, ENGINE_WORDS]))}
+                explaining = _lowered(b"\0".join([*(raw for raw in self.explaining if _printable(raw)),
+                                                  ENGINE_WORDS]))
+                explained = {p for p, _ in _hits(list(dict.fromkeys(hits)), explaining)}
             if pattern not in explained:
                 raise DeidError("leak-guard", f"a value of {Tag(tag)} read from the input is still in the "
                                               "output; the object is not written")
@@ -109,13 +118,24 @@ class Guard:
     def _check_hidden_elements(self) -> None:
         """A kept opaque value holding the explicit VR header of an element the profile removes has
         swallowed that element (a length run over what follows): its value was never read, so only
-        its header can tell."""
+        its header can tell. Each VR's two letters are found (rare in binary data), then the tag
+        before them looked up; the first header in the values is named (all are six bytes)."""
         if not self.opaque:
             return
-        automaton = _removed_headers(self.profile)
-        for _, tag in automaton.iter(b"\0".join(self.opaque).decode("latin-1")):
-            raise DeidError("leak-guard", f"a kept private or binary value holds the header of {Tag(tag)}, "
-                                          "an element the profile removes; the object is not written")
+        data = b"\0".join(self.opaque)
+        first: tuple[int, int] | None = None  # (offset, tag) of the first header found
+        for code, tags in _removed_headers(self.profile).items():
+            at = data.find(code, 4)
+            while at >= 0 and (first is None or at < first[0]):
+                tag = tags.get(data[at - 4:at])
+                if tag is not None:
+                    first = (at, tag)
+                    break
+                at = data.find(code, at + 1)
+        if first is not None:
+            raise DeidError("leak-guard", "a kept private or binary value holds the header of "
+                                          f"{Tag(first[1])}, an element the profile removes; the object "
+                                          "is not written")
 
     def cleaner(self) -> Cleaner:
         """What cleaned text must lose: every removed value in its searched forms (dates also as
@@ -138,6 +158,12 @@ class Guard:
         return found
 
 
+def searched(vr: str, op: str) -> bool:
+    """Whether a value removed or replaced so is searched for (a UN value only if it reads as text);
+    the byte walker asks once per plan, not per element."""
+    return vr in SEARCHED_VRS and op not in _NOT_NOTED and op != KEEP
+
+
 def _printable(raw: bytes | memoryview) -> bool:
     """No control bytes: a value holding element headers (a swallowed element) explains nothing."""
     data = bytes(raw).rstrip(b"\0")
@@ -145,20 +171,20 @@ def _printable(raw: bytes | memoryview) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _removed_headers(profile: Profile) -> ahocorasick.Automaton:
+def _removed_headers(profile: Profile) -> dict[bytes, dict[bytes, int]]:
     """Explicit VR little endian headers (tag and dictionary VR) of the attributes Table E.1-1 lists
-    that the profile does not keep as they are."""
-    automaton = ahocorasick.Automaton()
+    that the profile does not keep as they are: VR bytes -> tag bytes -> tag."""
+    headers: dict[bytes, dict[bytes, int]] = {}
     for tag in listed_tags():
         if resolved_action(tag, profile) != "K":
             try:
                 vr = dictionary_VR(tag).split(" or ")[0]
             except KeyError:
                 continue
-            header = pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
-            automaton.add_word(header.decode("latin-1"), tag)
-    automaton.make_automaton()
-    return automaton
+            if len(vr) != 2:  # no explicit VR header holds it
+                continue
+            headers.setdefault(vr.encode(), {})[pack("<HH", tag >> 16, tag & 0xFFFF)] = tag
+    return headers
 
 
 def _untyped_text(raw: bytes | memoryview) -> bool:
@@ -201,15 +227,33 @@ def _specific(form: bytes) -> bool:
     return len(set(form.lower())) >= MIN_DISTINCT
 
 
-def _hits(automaton: ahocorasick.Automaton, haystack: bytes):
-    """(pattern, tag) of each match that is a whole word or value, not part of a longer one."""
-    text = haystack.lower().decode("latin-1")
+def _lowered(haystack: bytes) -> str:
+    """Bytes as the patterns are searched in: lowered, one character per byte."""
+    return haystack.lower().decode("latin-1")
+
+
+def _hits(words: list[tuple[str, int]], text: str) -> list[tuple[str, int]]:
+    """(pattern, tag) of each match in lowered text that is a whole word or value, not part of a
+    longer one, in the order of their ends (the longer first where two end alike). A few patterns
+    are found one by one; more by one automaton pass, which costs about as much as MAX_SCANNED finds."""
+    found: list[tuple[int, int, str, int]] = []  # (end, -length, pattern, tag)
+    if len(words) > MAX_SCANNED:
+        automaton = ahocorasick.Automaton()
+        for pattern, tag in words:
+            automaton.add_word(pattern, (pattern, tag))
+        automaton.make_automaton()
+        found = [(end, -len(p), p, tag) for end, (p, tag) in automaton.iter(text)]
+    else:
+        for pattern, tag in words:
+            at = text.find(pattern)
+            while at >= 0:
+                found.append((at + len(pattern) - 1, -len(pattern), pattern, tag))
+                at = text.find(pattern, at + 1)
+        found.sort()
     last = len(text) - 1
-    for end, (pattern, tag) in automaton.iter(text):
-        start = end - len(pattern) + 1
-        if (start == 0 or ord(text[start - 1]) not in _WORD) and (end == last or ord(text[end + 1])
-                                                                    not in _WORD):
-            yield pattern, tag
+    return [(pattern, tag) for end, size, pattern, tag in found
+            if (end + size == -1 or ord(text[end + size]) not in _WORD)
+            and (end == last or ord(text[end + 1]) not in _WORD)]
 
 
 def element_value(elem, charset: str | list[str] | None) -> bytes:

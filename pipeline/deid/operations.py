@@ -157,10 +157,16 @@ class UidMapper:
                 if not uid.isascii():
                     raise DeidError("malformed", f"a UID of {name(tag)} holds bytes outside ASCII")
                 if uid not in self.uid_map:
-                    self.uid_map[uid] = new_uid(self.key, uid)
+                    self.uid_map[uid] = _new_uid(self.key, uid)
                     self.uid_attributes[uid] = tag
                 new.append(self.uid_map[uid])
         return new
+
+
+@lru_cache(maxsize=16384)
+def _new_uid(key: bytes, uid: str) -> str:
+    """`keys.new_uid`, kept by key and UID: a study's objects repeat their study, series and references."""
+    return new_uid(key, uid)
 
 
 def patient_identity(value_of: Callable[[int], bytes]) -> bytes:

@@ -24,7 +24,7 @@ from pydicom.uid import UID
 from .clean import cleaned_value
 from .engine import deidentify
 from .errors import DeidError
-from .guard import Guard
+from .guard import Guard, searched
 from .iods import REFERENCED_SERIES, iod_for
 from .keys import date_shift_days, resolve_secret
 from .markers import file_meta_elements, mark
@@ -113,18 +113,17 @@ class _Pending:
         self.dropped = False
 
 
-Chunk = bytes | memoryview | _Pending | list  # a list: a sequence holding pending text, in order
+Chunk = bytes | memoryview | _Pending | list  # a list: a sequence's parts, pending text among them, in order
+_BYTES = (bytes, memoryview)
 
 
-def _flat(chunk: Chunk):
+def _joined(chunk: Chunk) -> bytes | memoryview:
     """The bytes of a chunk, pending text filled in."""
+    if isinstance(chunk, _BYTES):
+        return chunk
     if isinstance(chunk, _Pending):
-        yield chunk.chunk
-    elif isinstance(chunk, list):
-        for part in chunk:
-            yield from _flat(part)
-    else:
-        yield chunk
+        return chunk.chunk
+    return b"".join([part.chunk if isinstance(part, _Pending) else part for part in chunk])
 
 
 def deidentify_bytes(data: bytes, profile: Profile, *, secret: str | bytes | None = None,
@@ -183,11 +182,41 @@ def _actions(profile: Profile) -> dict[int, str]:
 MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
 
 
+class _Plan(NamedTuple):
+    """What is done to a public element of defined length whose action does not depend on its place."""
+
+    vr: str | None  # the VR bytes read (None in implicit VR)
+    known: str  # the VR it is read by
+    action: str
+    op: str
+    counted: tuple[int, str, str]  # its key in the actions count
+    runs: bool  # kept, it may share a chunk with the kept elements before it (`_Stream._runs`)
+    noted: bool  # removed or replaced, the guard searches for its value (`guard.searched`)
+
+
 @cache
-def _plans(profile: Profile) -> dict[tuple[int, str | None, str], tuple[str, str, str]]:
-    """(VR, action, operation) of public elements of defined length whose action does not depend on
-    their place, by (tag, VR bytes read, the enclosing sequence's operation), filled as they are met."""
+def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
+    """Plans by the enclosing sequence's operation and tag, filled as they are met (the last VR read
+    for a tag wins)."""
     return {}
+
+
+MAX_VERDICTS, MAX_REMEMBERED = 4096, 64  # bounded: ~1 MB
+_verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
+
+
+def _conformance(tag: int, vr: str, raw: memoryview) -> tuple[bool, str] | None:
+    """`structure.conformance`, remembered for short public values: most repeat from object to object
+    (private tags are countless, so never remembered)."""
+    if len(raw) > MAX_REMEMBERED or tag >> 16 & 1:
+        return conformance(tag, vr, raw)
+    key = (tag, vr, raw.tobytes())
+    verdict = _verdicts.get(key, False)
+    if verdict is False:
+        if len(_verdicts) >= MAX_VERDICTS:
+            _verdicts.clear()
+        verdict = _verdicts[key] = conformance(tag, vr, raw)
+    return verdict
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -243,6 +272,15 @@ def _marker_elements(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes
     return tuple(encoded)
 
 
+@lru_cache(maxsize=64)
+def _syntax(text: str) -> tuple[UID, bool, bool]:
+    """A transfer syntax, whether this walker reads it (little endian, not deflated), and whether it
+    is implicit VR; decided once per syntax, not per file."""
+    syntax = UID(text)
+    readable = syntax.is_transfer_syntax and not syntax.is_deflated and syntax.is_little_endian
+    return syntax, readable, readable and syntax.is_implicit_VR
+
+
 class _Stream(Reader):
     """One file's walk: the input bytes, the profile's decisions and what the walk has learnt."""
 
@@ -255,6 +293,7 @@ class _Stream(Reader):
         self.shift_identity, self.pseudonym = shift_identity, pseudonym
         self.shift_days: int | None = None
         self.actions = _actions(profile)
+        self.plans = _plans(profile)
         self.placed = placed_tags(profile)
         self.seen: Counter = Counter()  # (tag, action, what was done) -> how often; see actions.py
         self.top: dict[int, bytes] = {}  # output values of HEADER's elements
@@ -265,11 +304,11 @@ class _Stream(Reader):
 
     def file(self) -> FileResult:
         meta, pos = self._file_meta()
-        syntax = UID(meta.get(TRANSFER_SYNTAX, b"").decode("ascii", "replace").rstrip("\0 "))
-        if (not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian
-                or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode()):
+        text = meta.get(TRANSFER_SYNTAX, b"").decode("ascii", "replace").rstrip("\0 ")
+        syntax, readable, implicit = _syntax(text)
+        if not readable or meta.get(MEDIA_SOP_CLASS, b"").rstrip(b"\0 ") == DICOMDIR_SOP_CLASS.encode():
             raise _Unsupported
-        self.body, self.implicit = pos, syntax.is_implicit_VR
+        self.body, self.implicit = pos, implicit
         if pos < len(self.data) and looks_explicit(self.data, pos) == self.implicit:
             raise _Unsupported  # encoded otherwise than its transfer syntax says: pydicom re-encodes
         top = self._top_values((SOP_CLASS, REFERENCED_SERIES))
@@ -288,19 +327,21 @@ class _Stream(Reader):
         meta = b"".join(_element(tag, vr, value, False) for tag, vr, value in
                         file_meta_elements(header["SOPClassUID"], header["SOPInstanceUID"], syntax))
         out = b"".join([b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta), False), meta,
-                        *(c if isinstance(c, bytes | memoryview) else b"".join(_flat(c)) for _, c in body)])
+                        *(_joined(c) for _, c in body)])
         return FileResult(out, self.uids.uid_map, self.uids.uid_attributes, True, header, self.seen)
 
     def _header(self) -> dict[str, str | int | None]:
         """HEADER's output values decoded as pydicom would give them (one value each)."""
         charset = self.top.get(0x00080005, b"").decode("ascii", "replace").split("\\")
         values: dict[str, str | int | None] = dict.fromkeys(HEADER.values())
+        encodings = None
         for tag, raw in self.top.items():
             keyword = HEADER[tag]
             if keyword in ("Rows", "Columns"):
                 values[keyword] = unpack_from("<H", raw)[0] if len(raw) >= 2 else None
             else:
-                text = decode_bytes(raw, convert_encodings([c.strip(" \0") for c in charset]), set())
+                encodings = encodings or convert_encodings([c.strip(" \0") for c in charset])
+                text = decode_bytes(raw, encodings, set())
                 values[keyword] = text.strip(" \0") if keyword != "NumberOfFrames" else _int(text)
         return values
 
@@ -353,8 +394,11 @@ class _Stream(Reader):
         private: PrivateBlocks | None = None  # made at the first private element: most items have none
         last = -1
         seen = self.seen
-        data, view, read_header, note = self.data, self.view, self.read_header, self.guard.note
-        plans = _plans(self.profile)
+        data, view, read_header = self.data, self.view, self.read_header
+        note, keep = self.guard.note, self.guard.keep
+        plans = self.plans.get(inner)
+        if plans is None:
+            plans = self.plans[inner] = {}
         while pos < end:
             if depth == 0 and data[pos] == 0 and self.padding(pos, end):
                 break
@@ -373,10 +417,9 @@ class _Stream(Reader):
             last = tag
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlay_tags.append(tag)
-            plan = plans.get((tag, vr, inner)) if stop is not None else None
-            if plan is not None:
-                known, action, op = plan
-                counted = tag
+            plan = plans.get(tag) if stop is not None else None
+            if plan is not None and plan.vr == vr:
+                _, known, action, op, counted, runs, noted = plan
             else:
                 if vr is None or vr == "UN":
                     known = _dictionary_vr(tag)
@@ -396,37 +439,54 @@ class _Stream(Reader):
                         seen[key] = seen.get(key, 0) + 1
                         pos = self.past(known, start, stop, implicit or vr == "UN", depth)
                         continue
-                    action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
+                    action, text, group = "K", WALK, tag | 0xFFFF  # private ones are counted by group
                 else:
                     action = self.actions.get(tag) or self._action(tag, path)
-                    text, counted = inner, tag
+                    text, group = inner, tag
                 op = operation(action, known, text, self.shifting, tag)
+                counted, runs, noted = (group, action, op), self._runs(tag), searched(known, op)
                 if stop is not None and tag in self.actions:  # public, and decided by tag alone
                     if len(plans) > MAX_PLANS:
                         plans.clear()
-                    plans[tag, vr, inner] = known, action, op
+                    plans[tag] = _Plan(vr, known, action, op, counted, runs, noted)
             if op == WALK_CLEAN and self.structured and tag in STRUCTURED_SEQUENCES:
                 raise _Unsupported
             if op == NEW_UIDS:
                 op = settled(data[start:stop].decode("latin-1"))
+                counted = (counted[0], action, op)
             if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
-                chunk, after = self._keep(tag, vr, known, pos, start, stop, implicit), stop
+                value, after = view[start:stop], stop
+                if problem := _conformance(tag, known, value):
+                    if problem[0]:
+                        raise malformed(pos, f"{name(tag)}: {problem[1]}")
+                    key = (counted[0], action, DROP)  # a value that does not conform is not output
+                    seen[key] = seen.get(key, 0) + 1
+                    pos = after
+                    continue
+                keep(tag, known, value)
+                if (stop - start) % 2:
+                    chunk = self._padded(tag, vr, known, start, stop, implicit)
+                else:
+                    chunk = view[pos:stop]
             else:
                 chunk, after = self._apply(op, tag, vr, known, pos, start, stop, implicit, depth, path)
-            if chunk is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
-                note(tag, op, known, lambda s=start, e=stop: view[s:e])
-            key = (counted, action, DROP if chunk is None else op)
-            seen[key] = seen.get(key, 0) + 1  # inline: this runs once per element
-            if chunk is not None:
-                if depth == 0 and tag in HEADER:
-                    self.top[tag] = chunk if isinstance(chunk, _Pending) else self._value(chunk, implicit)
-                verbatim = isinstance(chunk, memoryview)
-                if verbatim and span_end == pos and chunks[-1][0] >> 16 == tag >> 16 and self._runs(tag):
-                    chunks[-1] = (chunks[-1][0], self.view[span_start:after])  # one chunk per run
-                else:
-                    chunks.append((tag, chunk))
-                    span_start = pos
-                span_end = after if verbatim else -1
+                if noted:
+                    note(tag, op, known, lambda s=start, e=stop: view[s:e])
+                if chunk is None:
+                    key = (counted[0], action, DROP)
+                    seen[key] = seen.get(key, 0) + 1
+                    pos = after
+                    continue
+            seen[counted] = seen.get(counted, 0) + 1  # inline: this runs once per element
+            if depth == 0 and tag in HEADER:
+                self.top[tag] = chunk if isinstance(chunk, _Pending) else self._value(chunk, implicit)
+            verbatim = isinstance(chunk, memoryview)
+            if verbatim and span_end == pos and runs and chunks[-1][0] >> 16 == tag >> 16:
+                chunks[-1] = (chunks[-1][0], view[span_start:after])  # one chunk per run
+            else:
+                chunks.append((tag, chunk))
+                span_start = pos
+            span_end = after if verbatim else -1
             pos = after
         else:
             if limit is None:
@@ -465,8 +525,11 @@ class _Stream(Reader):
             head = _header(tag, vr if vr == "UN" else "SQ", UNDEFINED, implicit)
             if isinstance(items, bytes):
                 return head + items + _SEQUENCE_END, after
-            return [head, items, _SEQUENCE_END], after
-        after = self.past(known, start, stop, implicit or vr == "UN", depth)
+            return [head, *items, _SEQUENCE_END], after
+        if stop is None or known == "SQ":
+            after = self.past(known, start, stop, implicit or vr == "UN", depth)
+        else:
+            after = stop
         if op == KEEP:  # an undefined length here is encapsulated Pixel Data, kept whole
             return self.view[pos:after], after
         if op == DROP:
@@ -489,18 +552,10 @@ class _Stream(Reader):
             return _element(tag, known, shift(known, text.rstrip(" \0"), self._shift()), implicit), after
         raise AssertionError(op)
 
-    def _keep(self, tag: int, vr: str | None, known: str, pos: int, start: int, stop: int,
-              implicit: bool) -> bytes | memoryview | None:
-        """A kept element of defined length as it is, padded to even length, or None when its value
-        does not conform to its VR (refused where that means the structure is broken)."""
-        if problem := conformance(tag, known, self.view[start:stop]):
-            if problem[0]:
-                raise malformed(pos, f"{name(tag)}: {problem[1]}")
-            return None
-        if (stop - start) % 2:  # odd lengths are invalid: pad as pydicom does
-            pad = b" " if known in SPACE_PADDED else b"\0"
-            return _header(tag, vr or known, stop - start + 1, implicit) + self.data[start:stop] + pad
-        return self.view[pos:stop]
+    def _padded(self, tag: int, vr: str | None, known: str, start: int, stop: int, implicit: bool) -> bytes:
+        """A kept element of odd length, which is invalid: padded as pydicom pads it."""
+        pad = b" " if known in SPACE_PADDED else b"\0"
+        return _header(tag, vr or known, stop - start + 1, implicit) + self.data[start:stop] + pad
 
     def _items(self, start: int, stop: int | None, implicit: bool, depth: int,
                inner: str, path: tuple[int, ...]) -> tuple[bytes | list[Chunk], int]:
@@ -519,7 +574,11 @@ class _Stream(Reader):
             if pos > end:
                 raise malformed(item_start, f"an item runs past the end of its sequence at {end}")
             out.append(_ITEM_START)
-            out += [c for _, c in chunks]
+            for _, chunk in chunks:
+                if isinstance(chunk, list):  # parts of a sequence holding pending text: kept flat
+                    out += chunk
+                else:
+                    out.append(chunk)
             out.append(_ITEM_END)
         if stop is None:
             raise malformed(pos, "a sequence of undefined length without its delimiter")
