@@ -49,6 +49,7 @@ from .operations import (
 )
 from .profile import Profile, resolve
 from .rawitems import CHARSET, encode_items, read_items, sequence
+from .rawmarks import raw_file_meta, raw_markers
 from .rules import action_at, needs_value, placed_tags
 from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
@@ -388,8 +389,12 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         body = walk.body(top)
         for tag, vr, value in pseudonym.elements() if pseudonym else ():
             body[tag] = DataElement(tag, vr, value)
-        mark(body, profile)
-        meta = file_meta_for(body, syntax)
+        markers = raw_markers(profile, syntax.is_implicit_VR) if syntax.is_little_endian else ()
+        if markers and not any(elem.tag in body._dict for elem in markers):
+            body._dict.update((elem.tag, elem) for elem in markers)
+        else:  # pydicom sets a value into an element already there, which keeps its VR and length form
+            mark(body, profile)
+        meta = raw_file_meta(body.SOPClassUID, body.SOPInstanceUID, syntax) or file_meta_for(body, syntax)
     except DeidError:
         raise
     except RecursionError as exc:
