@@ -16,7 +16,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from .clean import cleaned_value
 from .errors import DeidError
@@ -109,11 +109,14 @@ class _Walk:
         content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
         values = self._content_item(source) if content_item else {}
         plans, seen, note, charset = self.plans, self.seen, self.guard.note, self.charset
+        implicit, little = self.encoding
         for tag, elem in source.items():
-            plan = plans.get((tag, elem.VR, inner)) if elem.__class__ is RawDataElement else None
-            if plan is not None and tag not in values:
+            tag = int(tag)  # plain ints compare at C speed in the plans' keys
+            raw = elem.__class__ is RawDataElement
+            plan = plans.get((tag, elem.VR, inner)) if raw and tag not in values else None
+            if plan is not None:
                 vr, action, op = plan
-                counted = int(tag)
+                counted = tag
             else:
                 if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters, zero padding
                     continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
@@ -126,23 +129,28 @@ class _Walk:
                         continue
                     action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
                 elif tag in values:  # a content item's value, by its concept: exactly that action
-                    action, text, counted = values[tag], WALK, int(tag)
+                    action, text, counted = values[tag], WALK, tag
                 else:
-                    action, text, counted = action_at(tag, self.profile, self.iod, path), inner, int(tag)
+                    action, text, counted = action_at(tag, self.profile, self.iod, path), inner, tag
                 op = operation(action, vr, text, self.shifting, tag)
-                if (elem.__class__ is RawDataElement and not tag >> 16 & 1 and tag not in values
-                        and tag not in self.placed):  # decided by tag alone
+                if raw and not tag >> 16 & 1 and tag not in values and tag not in self.placed:  # by tag alone
                     if len(plans) > MAX_PLANS:
                         plans.clear()
                     plans[tag, elem.VR, inner] = vr, action, op
-            if op == NEW_UIDS:
-                op = settled(_text(elem))
-            new = self._element(elem, vr, op, depth, path)
-            if op == CLEAN:
-                self.pending.append((out, tag, vr, element_value(elem, charset),
-                                     needs_value(self.iod, tag, path)))
-            if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
-                note(tag, op, vr, partial(element_value, elem, charset))
+            value = elem.value
+            if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
+                new = self._conforming(elem, vr)
+                if new is not None:
+                    note(tag, KEEP, vr, partial(_same, value))
+            else:
+                if op == NEW_UIDS:
+                    op = settled(_text(elem))
+                new = self._element(elem, vr, op, depth, path)
+                if op == CLEAN:
+                    self.pending.append((out, tag, vr, element_value(elem, charset),
+                                         needs_value(self.iod, tag, path)))
+                if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                    note(tag, op, vr, partial(element_value, elem, charset))
             key = (counted, action, DROP if new is None else op)
             seen[key] = seen.get(key, 0) + 1
             if new is not None:
@@ -188,11 +196,11 @@ class _Walk:
             return DataElement(tag, vr, "")
         return None
 
-    def _new(self, tag: int, vr: str, value: bytes, pad: bytes = b" ") -> RawDataElement:
+    def _new(self, tag: BaseTag, vr: str, value: bytes, pad: bytes = b" ") -> RawDataElement:
         """A replaced value as the raw element pydicom's writer would make of it (little endian)."""
         if len(value) % 2:
             value += pad
-        return RawDataElement(Tag(tag), vr, len(value), value, 0, self.encoding[0], True)
+        return RawDataElement(tag, vr, len(value), value, 0, self.encoding[0], True)
 
     def clean(self) -> None:
         """Fill in the cleaned text, now that every value the profile removes is known."""
@@ -252,7 +260,10 @@ class _Walk:
                                          f"{elem.length} bytes")
         problem = conformance(elem.tag, vr, elem.value)
         if problem is None:
-            return self._keep(elem)
+            implicit, little = self.encoding
+            if len(elem.value) % 2 or elem.is_implicit_VR != implicit or elem.is_little_endian != little:
+                return self._keep(elem)
+            return elem
         if problem[0]:
             raise DeidError("malformed", f"offset {elem.value_tell}: {elem.tag}: {problem[1]}")
         return None
@@ -287,6 +298,10 @@ class _Walk:
     def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> _Walked:
         return _Walked(int(elem.tag), [self.items(item, depth + 1, inner, path)
                                        for item in self._source_items(elem)])
+
+
+def _same(value: bytes) -> bytes:
+    return value
 
 
 def _encodings(charset_elem, inherited: list[str]) -> list[str]:
