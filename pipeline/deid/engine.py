@@ -51,7 +51,7 @@ from .profile import Profile, resolve
 from .rawitems import CHARSET, encode_items, read_items, sequence
 from .rawmarks import raw_file_meta, raw_markers
 from .rules import action_at, needs_value, placed_tags
-from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance, max_elements
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
@@ -93,6 +93,7 @@ class _Walk:
         self.plans = _plans(self.profile)
         self.placed = placed_tags(self.profile)
         self.shifting = shifting_dates(self.profile)
+        self.max_elements = max_elements()
 
     def items(self, source: Mapping[int, Any], depth: int, inner: str, path: tuple[int, ...] = ()) -> dict:
         """Tag -> element of what survives of `source` (a dataset's elements), each by its own action.
@@ -218,6 +219,8 @@ class _Walk:
         """The top level as a dataset, its walked sequences encoded as raw elements."""
         out = Dataset(parent_encoding=self.charset)
         out.set_original_encoding(*self.encoding, self.charset)
+        if isinstance(top.get(CHARSET), RawDataElement):  # pydicom's writer reads it first, converted
+            top[CHARSET] = convert_raw_data_element(top[CHARSET])
         encodings = _encodings(top.get(CHARSET), convert_encodings(default_encoding))
         for tag, elem in top.items():
             if elem.__class__ is _Walked:
@@ -242,10 +245,13 @@ class _Walk:
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
         if not isinstance(elem, RawDataElement):
             return elem
+        implicit, little = self.encoding
+        if (elem.value is None and not elem.length and elem.is_implicit_VR == implicit
+                and (implicit or elem.VR != "UN")):  # pydicom's writer would convert it as if deferred,
+            elem = elem._replace(value=b"")  # to the same empty value and a header it does not change
         if isinstance(elem.value, bytes) and len(elem.value) % 2:  # odd lengths are invalid: pad, as
             pad = b" " if _vr(elem) in SPACE_PADDED else b"\0"  # the byte walker does
             elem = elem._replace(value=elem.value + pad, length=len(elem.value) + 1)
-        implicit, little = self.encoding
         if elem.is_little_endian != little:
             elem = convert_raw_data_element(elem, encoding=self.charset)
             elem.VR = _vr(elem)
@@ -287,7 +293,7 @@ class _Walk:
             untyped = elem.VR == "UN"  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
             if isinstance(elem.value, bytes) and (untyped or elem.is_little_endian):
                 found = read_items(elem.value, elem.is_implicit_VR or untyped,
-                                   elem.value_tell if elem.length == UNDEFINED else 0)
+                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements)
                 if found is not None:
                     return found
             if untyped:

@@ -30,11 +30,12 @@ class _Irregular(Exception):
     """An encoding pydicom reads its own way (a switch of VR encoding, a stray delimiter)."""
 
 
-def read_items(value: bytes, implicit: bool, offset: int = 0) -> Items | None:
+def read_items(value: bytes, implicit: bool, offset: int = 0, limit: int | None = None) -> Items | None:
     """The items of a little endian sequence value, each as tag -> raw element; None when irregular.
 
-    `offset` is where `value` starts in the bytes pydicom would read it from (positions in errors)."""
-    reader = Reader(value)
+    `offset` is where `value` starts in the bytes pydicom would read it from (positions in errors);
+    `limit` the most element headers to read (`structure.max_elements()` when not given)."""
+    reader = Reader(value, True, limit)
     items: Items = []
     pos, end = 0, len(value)
     try:
