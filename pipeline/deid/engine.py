@@ -140,7 +140,7 @@ class _Walk:
                     plans[tag, elem.VR, inner] = vr, action, op
             value = elem.value
             if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
-                new = self._conforming(elem, vr)
+                new = self._conforming(elem, vr, tag)
                 if new is not None:
                     note(tag, KEEP, vr, partial(_same, value))
             else:
@@ -172,7 +172,7 @@ class _Walk:
         tag = elem.tag
         if op == KEEP:
             if elem.__class__ is RawDataElement and isinstance(elem.value, bytes):
-                return self._conforming(elem, vr)
+                return self._conforming(elem, vr, int(tag))
             return self._keep(elem)
         if op in (WALK, WALK_DUMMY, WALK_CLEAN):
             return self._sequence(elem, depth, op, path + (int(tag),))
@@ -259,12 +259,12 @@ class _Walk:
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
 
-    def _conforming(self, elem: RawDataElement, vr: str):
+    def _conforming(self, elem: RawDataElement, vr: str, tag: int):
         """A raw element kept only when whole and valid for its VR; see `values.nonconforming`."""
         if elem.length != UNDEFINED and len(elem.value) != elem.length:
             raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
                                          f"{elem.length} bytes")
-        problem = conformance(elem.tag, vr, elem.value)
+        problem = conformance(tag, vr, elem.value)
         if problem is None:
             implicit, little = self.encoding
             if len(elem.value) % 2 or elem.is_implicit_VR != implicit or elem.is_little_endian != little:

@@ -10,36 +10,22 @@ from __future__ import annotations
 from functools import cache
 
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
+from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from .markers import file_meta_elements, mark
+from .markers import file_meta_elements
 from .profile import Profile
 from .structure import LONG_VRS
 
 
 @cache
-def encoded_markers(profile: Profile, implicit: bool) -> tuple[tuple[int, bytes], ...]:
-    """The PS3.15 E.1.1 markers for a profile as (tag, element bytes), little endian."""
-    ds = Dataset()
-    mark(ds, profile)
-    encoded = []
-    for elem in ds:
-        fp = DicomBytesIO()
-        fp.is_implicit_VR, fp.is_little_endian = implicit, True
-        write_data_element(fp, elem)
-        encoded.append((int(elem.tag), fp.getvalue()))
-    return tuple(encoded)
-
-
-@cache
 def raw_markers(profile: Profile, implicit: bool) -> tuple[RawDataElement, ...]:
-    """`encoded_markers` as raw elements (their values without the headers)."""
+    """The PS3.15 E.1.1 markers as raw elements: the byte walker's encoding, values without headers."""
+    from .stream import _marker_elements  # the byte walker imports the engine, so not at the top
+
     found = []
-    for tag, data in encoded_markers(profile, implicit):
+    for tag, data in _marker_elements(profile, implicit):
         vr = data[4:6].decode("latin-1")
         head = 8 if implicit or vr not in LONG_VRS else 12
         value = data[head:]
