@@ -8,6 +8,7 @@ converts it as for any dataset pydicom has read.
 from __future__ import annotations
 
 from functools import cache
+from struct import pack
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
@@ -17,6 +18,8 @@ from pydicom.uid import UID
 from .markers import file_meta_elements
 from .profile import Profile
 from .structure import LONG_VRS
+
+GROUP_LENGTH = 0x00020000
 
 
 @cache
@@ -35,9 +38,11 @@ def raw_markers(profile: Profile, implicit: bool) -> tuple[RawDataElement, ...]:
 
 
 def raw_file_meta(sop_class: str, sop_instance: str, syntax: UID) -> FileMetaDataset | None:
-    """`markers.file_meta_for` as raw elements, or None for values it encodes otherwise than as one
+    """`markers.file_meta_for` as raw elements, with its File Meta Information Group Length, so that
+    a plain `save_as` writes a complete file too; None for values it encodes otherwise than as one
     ASCII string (several UIDs in one value)."""
     meta = FileMetaDataset()
+    length = 0
     for tag, vr, value in file_meta_elements(sop_class, sop_instance, syntax):
         if isinstance(value, str):
             if not value.isascii() or "\\" in value:
@@ -48,4 +53,7 @@ def raw_file_meta(sop_class: str, sop_instance: str, syntax: UID) -> FileMetaDat
         if len(value) % 2:
             value += b"\0" if vr in ("UI", "OB") else b" "
         meta._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+        length += (12 if vr in LONG_VRS else 8) + len(value)
+    meta._dict[BaseTag(GROUP_LENGTH)] = RawDataElement(BaseTag(GROUP_LENGTH), "UL", 4, pack("<I", length), 0,
+                                                       False, True)
     return meta
