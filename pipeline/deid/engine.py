@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
-from typing import NamedTuple
+from functools import cache, lru_cache, partial
+from typing import Any, NamedTuple
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from .clean import cleaned_value
 from .errors import DeidError
@@ -44,12 +48,31 @@ from .operations import (
     shifting_dates,
 )
 from .profile import Profile, resolve
-from .rules import action_at, needs_value
-from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance
+from .rawitems import CHARSET, encode_items, read_items, sequence
+from .rawmarks import raw_file_meta, raw_markers
+from .rules import action_at, needs_value, placed_tags
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance, max_elements
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+
+
+MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
+
+
+@cache
+def _plans(profile: Profile) -> dict[tuple[int, str | None, str], tuple[str, str, str]]:
+    """(VR, action, operation) of public raw elements whose action does not depend on their place, by
+    (tag, VR as read, the enclosing sequence's operation), filled as they are met."""
+    return {}
+
+
+class _Walked(NamedTuple):
+    """A walked sequence, encoded once the text it holds is cleaned (see `_Walk.body`)."""
+
+    tag: int
+    items: list[dict[int, Any]]
 
 
 @dataclass
@@ -63,81 +86,122 @@ class _Walk:
     encoding: tuple[bool, bool]  # (implicit VR, little endian) of the output
     iod: Iod | None  # what decides compound codes
     guard: Guard
-    pending: list[tuple[Dataset, int, str, bytes, bool]] = field(default_factory=list)  # text to clean
+    pending: list[tuple[dict, int, str, bytes, bool]] = field(default_factory=list)  # text to clean
     seen: Counter = field(default_factory=Counter)  # (tag, action, what was done) -> how often
 
-    def items(self, source: Dataset, depth: int, inner: str, path: tuple[int, ...] = ()) -> Dataset:
-        """A new dataset holding what survives of `source`, each element by its own action.
+    def __post_init__(self) -> None:
+        self.plans = _plans(self.profile)
+        self.placed = placed_tags(self.profile)
+        self.shifting = shifting_dates(self.profile)
+        self.max_elements = max_elements()
 
-        `inner` is the operation of the sequence it is an item of (WALK at the top); `path` holds
-        the tags of the sequences above it, outermost first.
+    def items(self, source: Mapping[int, Any], depth: int, inner: str, path: tuple[int, ...] = ()) -> dict:
+        """Tag -> element of what survives of `source` (a dataset's elements), each by its own action.
+
+        Raw elements stay raw: kept ones as they are, replaced ones encoded; sequences are walked
+        from their bytes (`rawitems`). `inner` is the operation of the sequence it is an item of
+        (WALK at the top); `path` holds the tags of the sequences above it, outermost first.
         """
         if depth > MAX_DEPTH:
             raise DeidError("too-deep", f"sequences nested more than {MAX_DEPTH} levels deep")
-        # Matching encodings and character set let pydicom copy kept elements' bytes unparsed.
-        out = Dataset(parent_encoding=self.charset)
-        out.set_original_encoding(*self.encoding, self.charset)
-        private = PrivateBlocks(self.profile)
-        shifting = shifting_dates(self.profile)
+        out: dict[int, Any] = {}
+        private: PrivateBlocks | None = None  # made at the first private element: most items have none
+        overlays = False
         content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
         values = self._content_item(source) if content_item else {}
-        for tag in source.keys():
-            elem = source.get_item(tag, keep_deferred=True)
-            if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters and zero padding
-                continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
-            value = partial(element_value, elem, self.charset)
-            if tag.is_private:
-                if not private.keeps(tag, lambda e=elem: _text(e)):
-                    self.guard.note(tag, DROP, _vr(elem), value)
-                    self.seen[tag | 0xFFFF, "X", DROP] += 1
-                    continue
-                action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
-            elif tag in values:  # a content item's value, by its concept: exactly that action
-                action, text, counted = values[tag], WALK, int(tag)
+        plans, seen, note, charset = self.plans, self.seen, self.guard.note, self.charset
+        implicit, little = self.encoding
+        for tag, elem in source.items():
+            tag = int(tag)  # plain ints compare at C speed in the plans' keys
+            raw = elem.__class__ is RawDataElement
+            plan = plans.get((tag, elem.VR, inner)) if raw and tag not in values else None
+            if plan is not None:
+                vr, action, op = plan
+                counted = tag
             else:
-                action, text, counted = action_at(tag, self.profile, self.iod, path), inner, int(tag)
-            op = operation(action, _vr(elem), text, shifting, tag)
-            if op == NEW_UIDS:
-                op = settled(_text(elem))
-            new = self._element(elem, op, depth, path)
-            if op == CLEAN:
-                self.pending.append((out, tag, _vr(elem), element_value(elem, self.charset),
-                                     needs_value(self.iod, tag, path)))
-            if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
-                self.guard.note(tag, op, _vr(elem), value)
-            self.seen[counted, action, DROP if new is None else op] += 1
+                if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters, zero padding
+                    continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
+                vr = _vr(elem)
+                if tag >> 16 & 1:
+                    private = private or PrivateBlocks(self.profile)
+                    if not private.keeps(tag, lambda e=elem: _text(e)):
+                        note(tag, DROP, vr, partial(element_value, elem, charset))
+                        seen[tag | 0xFFFF, "X", DROP] += 1
+                        continue
+                    action, text, counted = "K", WALK, tag | 0xFFFF  # private ones are counted by group
+                elif tag in values:  # a content item's value, by its concept: exactly that action
+                    action, text, counted = values[tag], WALK, tag
+                else:
+                    action, text, counted = action_at(tag, self.profile, self.iod, path), inner, tag
+                op = operation(action, vr, text, self.shifting, tag)
+                if raw and not tag >> 16 & 1 and tag not in values and tag not in self.placed:  # by tag alone
+                    if len(plans) > MAX_PLANS:
+                        plans.clear()
+                    plans[tag, elem.VR, inner] = vr, action, op
+            value = elem.value
+            if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
+                new = self._conforming(elem, vr, tag)
+                if new is not None:
+                    note(tag, KEEP, vr, partial(_same, value))
+            else:
+                if op == NEW_UIDS:
+                    op = settled(_text(elem))
+                new = self._element(elem, vr, op, depth, path)
+                if op == CLEAN:
+                    self.pending.append((out, tag, vr, element_value(elem, charset),
+                                         needs_value(self.iod, tag, path)))
+                if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
+                    note(tag, op, vr, partial(element_value, elem, charset))
+            key = (counted, action, DROP if new is None else op)
+            seen[key] = seen.get(key, 0) + 1
             if new is not None:
                 out[tag] = new
-        for tag in private.orphaned():
-            del out[tag]
-        for group in orphaned_overlay_groups(source.keys(), out.keys()):
-            for tag in [t for t in out.keys() if t.group == group]:
+            if tag >> 16 & 0xFF01 == 0x6000:
+                overlays = True
+        if private is not None:
+            for tag in private.orphaned():
                 del out[tag]
+        if overlays:
+            for group in orphaned_overlay_groups(source.keys(), out.keys()):
+                for tag in [t for t in out if t >> 16 == group]:
+                    del out[tag]
         return out
 
-    def _element(self, elem, op: str, depth: int, path: tuple[int, ...]):
+    def _element(self, elem, vr: str, op: str, depth: int, path: tuple[int, ...]):
         """The element that replaces `elem`, or None when nothing should remain."""
-        tag, vr = elem.tag, _vr(elem)
+        tag = elem.tag
         if op == KEEP:
-            if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
-                return self._conforming(elem, vr)
+            if elem.__class__ is RawDataElement and isinstance(elem.value, bytes):
+                return self._conforming(elem, vr, int(tag))
             return self._keep(elem)
-        if op == EMPTY:
-            return DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
-        if op in (UIDS, NEW_UIDS):
-            new = self.uids.map(tag, _text(elem), op == NEW_UIDS)
-            return DataElement(tag, vr, new[0] if len(new) == 1 else new)
-        if op == SHIFT:
-            return DataElement(tag, vr, shift(vr, _text(elem), self.shift_days))
-        if op == DUMMY:
-            return DataElement(tag, vr, dummy(vr))
-        if op == BLANK:
-            return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op in (WALK, WALK_DUMMY, WALK_CLEAN):
             return self._sequence(elem, depth, op, path + (int(tag),))
+        if op == EMPTY:
+            return self._new(tag, vr, b"") if self.encoding[1] else \
+                DataElement(tag, vr, Sequence() if vr == "SQ" else empty(vr))
+        if op in (UIDS, NEW_UIDS):
+            new = self.uids.map(tag, _text(elem), op == NEW_UIDS)
+            if self.encoding[1]:
+                return self._new(tag, vr, "\\".join(new).encode("ascii"), b"\0")
+            return DataElement(tag, vr, new[0] if len(new) == 1 else new)
+        if op == SHIFT:
+            shifted = shift(vr, _text(elem), self.shift_days)
+            return self._new(tag, vr, shifted.encode("ascii")) if self.encoding[1] else \
+                DataElement(tag, vr, shifted)
+        if op == DUMMY:
+            return self._new(tag, vr, _dummy_value(vr)) if self.encoding[1] else \
+                DataElement(tag, vr, dummy(vr))
+        if op == BLANK:
+            return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op == CLEAN:  # a placeholder until the whole walk has said what identifies: see `clean`
             return DataElement(tag, vr, "")
         return None
+
+    def _new(self, tag: BaseTag, vr: str, value: bytes, pad: bytes = b" ") -> RawDataElement:
+        """A replaced value as the raw element pydicom's writer would make of it (little endian)."""
+        if len(value) % 2:
+            value += pad
+        return RawDataElement(tag, vr, len(value), value, 0, self.encoding[0], True)
 
     def clean(self) -> None:
         """Fill in the cleaned text, now that every value the profile removes is known."""
@@ -151,14 +215,43 @@ class _Walk:
                 out[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, little)
                 self.guard.note(tag, KEEP, vr, lambda v=value: v)
 
+    def body(self, top: dict[int, Any]) -> Dataset:
+        """The top level as a dataset, its walked sequences encoded as raw elements."""
+        out = Dataset(parent_encoding=self.charset)
+        out.set_original_encoding(*self.encoding, self.charset)
+        if isinstance(top.get(CHARSET), RawDataElement):  # pydicom's writer reads it first, converted
+            top[CHARSET] = convert_raw_data_element(top[CHARSET])
+        encodings = _encodings(top.get(CHARSET), convert_encodings(default_encoding))
+        for tag, elem in top.items():
+            if elem.__class__ is _Walked:
+                elem = self._encoded(elem, encodings)
+            if elem.__class__ is RawDataElement and not tag >> 16 & 1:
+                out._dict[elem.tag] = elem  # what __setitem__ does for a public raw element
+            else:
+                out[tag] = elem  # pydicom's own way: a private element learns its creator
+        return out
+
+    def _encoded(self, walked: _Walked, encodings: list[str]) -> RawDataElement:
+        implicit, little = self.encoding
+        for item in walked.items:
+            inner = _encodings(item.get(CHARSET), encodings)
+            for tag, elem in item.items():
+                if elem.__class__ is _Walked:
+                    item[tag] = self._encoded(elem, inner)
+        return sequence(walked.tag, encode_items(walked.items, implicit, little, encodings, self.charset),
+                        implicit, little)
+
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
         if not isinstance(elem, RawDataElement):
             return elem
+        implicit, little = self.encoding
+        if (elem.value is None and not elem.length and elem.is_implicit_VR == implicit
+                and (implicit or elem.VR != "UN")):  # pydicom's writer would convert it as if deferred,
+            elem = elem._replace(value=b"")  # to the same empty value and a header it does not change
         if isinstance(elem.value, bytes) and len(elem.value) % 2:  # odd lengths are invalid: pad, as
             pad = b" " if _vr(elem) in SPACE_PADDED else b"\0"  # the byte walker does
             elem = elem._replace(value=elem.value + pad, length=len(elem.value) + 1)
-        implicit, little = self.encoding
         if elem.is_little_endian != little:
             elem = convert_raw_data_element(elem, encoding=self.charset)
             elem.VR = _vr(elem)
@@ -166,43 +259,73 @@ class _Walk:
             elem = elem._replace(VR=_vr(elem), is_implicit_VR=implicit)
         return elem
 
-    def _conforming(self, elem: RawDataElement, vr: str):
+    def _conforming(self, elem: RawDataElement, vr: str, tag: int):
         """A raw element kept only when whole and valid for its VR; see `values.nonconforming`."""
         if elem.length != UNDEFINED and len(elem.value) != elem.length:
             raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
                                          f"{elem.length} bytes")
-        problem = conformance(elem.tag, vr, elem.value)
+        problem = conformance(tag, vr, elem.value)
         if problem is None:
-            return self._keep(elem)
+            implicit, little = self.encoding
+            if len(elem.value) % 2 or elem.is_implicit_VR != implicit or elem.is_little_endian != little:
+                return self._keep(elem)
+            return elem
         if problem[0]:
             raise DeidError("malformed", f"offset {elem.value_tell}: {elem.tag}: {problem[1]}")
         return None
 
-    def _content_item(self, item: Dataset) -> dict[int, str]:
+    def _content_item(self, item: Mapping[int, Any]) -> dict[int, str]:
         """Actions for the value of an SR content item under Clean Structured Content, by its concept."""
         if not self.profile.clean_structured_content:
             return {}
-        names = self._source_items(item.get_item(CONCEPT_NAME, keep_deferred=True))
-        concept = names[0] if names else Dataset()
-        scheme, code, value_type = (_text(ds.get_item(t, keep_deferred=True)).strip() for ds, t in
+        names = self._source_items(item.get(CONCEPT_NAME))
+        concept = names[0] if names else {}
+        scheme, code, value_type = (_text(ds.get(t)).strip() for ds, t in
                                     ((concept, CODING_SCHEME), (concept, CODE_VALUE), (item, VALUE_TYPE)))
         return value_actions(scheme, code, value_type, self.profile)
 
-    def _source_items(self, elem) -> list[Dataset]:
-        """The items of an input sequence, read without changing the input."""
+    def _source_items(self, elem) -> list[Mapping[int, Any]]:
+        """The items of an input sequence (tag -> element each), read without changing the input:
+        from the raw bytes where pydicom would read them plainly, else by pydicom."""
         if elem is None:
             return []
         if isinstance(elem, RawDataElement):
-            if elem.VR == "UN":  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
+            untyped = elem.VR == "UN"  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
+            if isinstance(elem.value, bytes) and (untyped or elem.is_little_endian):
+                found = read_items(elem.value, elem.is_implicit_VR or untyped,
+                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements)
+                if found is not None:
+                    return found
+            if untyped:
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
-        return list(elem.value or [])
+        return [item._dict for item in elem.value or []]
 
-    def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> DataElement:
-        items = [self.items(item, depth + 1, inner, path) for item in self._source_items(elem)]
-        for item in items:  # undefined lengths, as the byte walker writes them: a private sequence in
-            item.is_undefined_length_sequence_item = True  # implicit VR stays readable as one
-        return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=True)
+    def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> _Walked:
+        return _Walked(int(elem.tag), [self.items(item, depth + 1, inner, path)
+                                       for item in self._source_items(elem)])
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+def _encodings(charset_elem, inherited: list[str]) -> list[str]:
+    """The encodings pydicom's writer uses for text under a Specific Character Set element, if any."""
+    if charset_elem is None:
+        return inherited
+    if isinstance(charset_elem, RawDataElement):
+        charset_elem = convert_raw_data_element(charset_elem)
+    return convert_encodings(charset_elem.value or [default_encoding])
+
+
+@lru_cache(maxsize=64)
+def _dummy_value(vr: str) -> bytes:
+    """The dummy's value bytes as pydicom's writer encodes them (little endian)."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = True, True
+    write_data_element(fp, DataElement(0x00100010, vr, dummy(vr)))
+    return fp.getvalue()[8:]
 
 
 def _vr(elem) -> str:
@@ -281,13 +404,18 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
                      dataset.original_character_set, (syntax.is_implicit_VR, syntax.is_little_endian),
                      iod_for(_raw_text(dataset, _SOP_CLASS).decode("latin-1"), REFERENCED_SERIES in dataset),
                      Guard(profile))
-        body = walk.items(dataset, 0, WALK)
+        top = walk.items(dataset._dict, 0, WALK)
         walk.clean()
         walk.guard.check()
+        body = walk.body(top)
         for tag, vr, value in pseudonym.elements() if pseudonym else ():
             body[tag] = DataElement(tag, vr, value)
-        mark(body, profile)
-        meta = file_meta_for(body, syntax)
+        markers = raw_markers(profile, syntax.is_implicit_VR) if syntax.is_little_endian else ()
+        if markers and not any(elem.tag in body._dict for elem in markers):
+            body._dict.update((elem.tag, elem) for elem in markers)
+        else:  # pydicom sets a value into an element already there, which keeps its VR and length form
+            mark(body, profile)
+        meta = raw_file_meta(body.SOPClassUID, body.SOPInstanceUID, syntax) or file_meta_for(body, syntax)
     except DeidError:
         raise
     except RecursionError as exc:
