@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 from struct import unpack_from
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding
@@ -74,13 +75,19 @@ def _meta(data: bytes, pos: int, whole: bool, reader: Reader) -> tuple[int, str,
     return pos, syntax, media_class
 
 
+@lru_cache(maxsize=256)
+def _deflated(syntax: str) -> bool:
+    """Whether a transfer syntax deflates its dataset (asked once per syntax, not once per object)."""
+    return syntax == _DEFLATED_EXPLICIT or (UID(syntax).is_transfer_syntax and UID(syntax).is_deflated)
+
+
 def _body(data: bytes, pos: int, syntax: str, whole: bool) -> tuple[bytes, int, bool, bool]:
     """(dataset bytes, where its first element is, little endian, whole) as the engine reads them."""
     if not syntax:
         big = looks_explicit(data, pos) and len(data) >= pos + 2 and unpack_from("<H", data, pos)[0] >= 1024
         little = not big
         return data, pos, little, whole
-    if syntax == _DEFLATED_EXPLICIT or (UID(syntax).is_transfer_syntax and UID(syntax).is_deflated):
+    if _deflated(syntax):
         inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
             body = inflate.decompress(data[pos:])
