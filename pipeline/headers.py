@@ -136,7 +136,7 @@ def _elements(data: bytes, whole: bool) -> dict:
     while pos < len(body) or not complete:
         if pos + 12 > len(body) and not complete:
             raise NeedMore(pos + 12)
-        if reader.padding(pos, len(body)):
+        if not body[pos] and reader.padding(pos, len(body)):  # padding starts with a zero byte
             if complete:
                 break
             raise NeedMore(len(body) + 1)
@@ -156,8 +156,11 @@ def _elements(data: bytes, whole: bool) -> dict:
             raise NeedMore(stop)
         if tag in COLUMNS or tag == SPECIFIC_CHARACTER_SET:
             found[tag] = body[start:stop] if stop is not None else b""
-        pos = reader.past(vr if vr not in (None, "UN") else dictionary_vr(tag), start, stop,
-                          implicit or vr == "UN", 0)
+        if stop is not None and vr not in (None, "UN", "SQ"):  # no items to check: the value ends there
+            pos = stop
+        else:
+            pos = reader.past(vr if vr not in (None, "UN") else dictionary_vr(tag), start, stop,
+                              implicit or vr == "UN", 0)
     charset = found.get(SPECIFIC_CHARACTER_SET)
     encodings = None
     if charset:
