@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 from struct import unpack_from
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding
@@ -74,13 +75,19 @@ def _meta(data: bytes, pos: int, whole: bool, reader: Reader) -> tuple[int, str,
     return pos, syntax, media_class
 
 
+@lru_cache(maxsize=256)
+def _deflated(syntax: str) -> bool:
+    """Whether a transfer syntax deflates its dataset (asked once per syntax, not once per object)."""
+    return syntax == _DEFLATED_EXPLICIT or (UID(syntax).is_transfer_syntax and UID(syntax).is_deflated)
+
+
 def _body(data: bytes, pos: int, syntax: str, whole: bool) -> tuple[bytes, int, bool, bool]:
     """(dataset bytes, where its first element is, little endian, whole) as the engine reads them."""
     if not syntax:
         big = looks_explicit(data, pos) and len(data) >= pos + 2 and unpack_from("<H", data, pos)[0] >= 1024
         little = not big
         return data, pos, little, whole
-    if syntax == _DEFLATED_EXPLICIT or (UID(syntax).is_transfer_syntax and UID(syntax).is_deflated):
+    if _deflated(syntax):
         inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
             body = inflate.decompress(data[pos:])
@@ -129,7 +136,7 @@ def _elements(data: bytes, whole: bool) -> dict:
     while pos < len(body) or not complete:
         if pos + 12 > len(body) and not complete:
             raise NeedMore(pos + 12)
-        if reader.padding(pos, len(body)):
+        if not body[pos] and reader.padding(pos, len(body)):  # padding starts with a zero byte
             if complete:
                 break
             raise NeedMore(len(body) + 1)
@@ -149,8 +156,11 @@ def _elements(data: bytes, whole: bool) -> dict:
             raise NeedMore(stop)
         if tag in COLUMNS or tag == SPECIFIC_CHARACTER_SET:
             found[tag] = body[start:stop] if stop is not None else b""
-        pos = reader.past(vr if vr not in (None, "UN") else dictionary_vr(tag), start, stop,
-                          implicit or vr == "UN", 0)
+        if stop is not None and vr not in (None, "UN", "SQ"):  # no items to check: the value ends there
+            pos = stop
+        else:
+            pos = reader.past(vr if vr not in (None, "UN") else dictionary_vr(tag), start, stop,
+                              implicit or vr == "UN", 0)
     charset = found.get(SPECIFIC_CHARACTER_SET)
     encodings = None
     if charset:

@@ -45,6 +45,12 @@ SHARD_THREADS = 4  # shards size units as if each had this many threads: alike o
 # A local SOURCE of at most this many objects runs on a worker thread of this process: starting worker
 # processes (2-3 s) costs more than a second core saves on ~1,000 objects at ~2 ms each.
 IN_PROCESS_OBJECTS = 1000
+# An embedded cluster's event loops wake far less often than Dask's defaults (a tick every 20 ms, system and
+# memory monitors 2 and 10 times a second): each wake-up takes the GIL from de-identification, and they
+# cost a one-worker job ~2 s of CPU in 15. The profiler samples pydicom's deep stacks: ~12% of throughput.
+QUIET_LOOPS = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "2s",
+               "distributed.worker.memory.monitor-interval": "500ms",
+               "distributed.worker.profile.enabled": False}
 
 
 class JobError(Exception):
@@ -160,11 +166,9 @@ def local_cluster(n_workers: int | None = None, key: bytes | None = None,
     from distributed import LocalCluster
 
     n_workers = n_workers or os.cpu_count() or 1
-    # The workers' statistical profiler samples pydicom's deep stacks every 10 ms: ~12% of throughput.
     # The preload makes worker processes leave Ctrl-C to this process (see console.dask_setup).
     with stage(f"starting a local Dask cluster of {n_workers} workers"), \
-            dask.config.set({"distributed.worker.profile.enabled": False,
-                             "distributed.worker.preload": ["pipeline.console"]}):
+            dask.config.set({**QUIET_LOOPS, "distributed.worker.preload": ["pipeline.console"]}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                             host="127.0.0.1", env=_secret_env(key))
@@ -193,7 +197,7 @@ def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOA
     from distributed import Client, LocalCluster
 
     log.info("running in this process (a small local job)")
-    with (held_here(key), dask.config.set({"distributed.worker.profile.enabled": False}),
+    with (held_here(key), dask.config.set(QUIET_LOOPS),
           LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
                        dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0") as local,
           Client(local) as client):

@@ -201,3 +201,30 @@ def test_objects_the_header_reader_refuses_carry_the_engines_reason_and_are_quar
     stats = run_unit(unit, settings)  # each object one quarantine row, with the reason the scan gave
     assert stats["objects"] == stats["quarantined"] == len(broken)
     assert stats["reasons"] == dict(Counter(reasons.values()))
+
+
+def test_header_reader_ends_at_zero_padding_and_checks_sequences_before_the_columns():
+    """The reader's shortcuts (padding only where a zero byte starts, plain values stepped over) keep its
+    answers: zero padding after the last element ends the dataset, and a broken item inside a sequence
+    before the columns still makes the object malformed, as the engine finds it."""
+    from pipeline.headers import NeedMore, read_header
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.99.3.7"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.4"
+    ds.ReferencedStudySequence = [item]
+    ds.PatientID = "PID-7"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99.1"
+    data = _saved(ds)
+    padded = data + b"\0" * 32
+    assert read_header(padded, True)["study_uid"] == "1.2.826.0.1.3680043.99.1"
+    assert read_header(padded, True)["patient_id"] == "PID-7" and "error" not in read_header(padded, True)
+    with pytest.raises(NeedMore):  # zeros that may be followed by more elements: read on
+        read_header(padded[:-8], False)
+    inner = data.index(b"\x08\x00\x55\x11UI")  # (0008,1155) inside the item: its length overruns the item
+    broken = data[:inner + 6] + b"\xff\x00" + data[inner + 8:]
+    assert read_header(broken, True)["error"] == "malformed"

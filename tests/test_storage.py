@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from botocore.exceptions import ClientError
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from moto.server import ThreadedMotoServer
 
@@ -124,3 +125,16 @@ def test_read_many_retries_transient_failures_and_returns_permanent_ones():
     got = read_many(fs, [f"{root}/a", f"{root}/b", f"{root}/missing"], [0, 2, 0], [4, None, 1])
     assert got[:2] == [b"0123", b"cdef"]
     assert isinstance(got[2], FileNotFoundError)
+
+
+def test_read_many_reads_local_ranges_as_fsspec_does(tmp_path):
+    fs = LocalFileSystem()
+    (tmp_path / "a").write_bytes(b"0123456789")
+    (tmp_path / "b").write_bytes(b"abcdef")
+    paths = [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a"), str(tmp_path / "a"),
+             str(tmp_path / "missing")]
+    starts, ends = [0, 2, 8, 20, 0], [4, None, 64, 30, 1]
+    got = read_many(fs, paths, starts, ends)
+    assert got[:4] == [fs.cat_file(p, s, e) for p, s, e in zip(paths[:4], starts, ends, strict=False)]
+    assert got[:4] == [b"0123", b"cdef", b"89", b""]
+    assert isinstance(got[4], FileNotFoundError)
