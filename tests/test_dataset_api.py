@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_sequence_item
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 from pipeline.deid import DeidError, Profile, apply, serialize
 from pipeline.deid.rawitems import encode_items, read_items
@@ -160,3 +161,22 @@ def test_apply_leaves_its_input_as_read_and_returns_what_it_writes(datasets, pro
         assert values(out) == values(back), path  # the raw sequences and markers read as written
         done += 1
     assert done >= (400 if CORPUS.exists() else 20)
+
+
+def test_zero_padding_is_skipped_after_a_real_tag_zero_element():
+    """A file's zero padding reads as a tag-0 element without value; a decision remembered for a real
+    (0000,0000) element of an earlier dataset must not make the padding count as a removed element."""
+    from pipeline.deid.engine import _plans, deidentify
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        padded = pydicom.dcmread(BytesIO(plain + bytes(16)))
+        assert padded._dict[0].value is None and padded._dict[0].VR is None
+        first = pydicom.dcmread(BytesIO(plain))  # a tag-0 element with a value, read without a VR
+        first._dict[Tag(0)] = RawDataElement(Tag(0), None, 4, bytes(4), 0, False, True)
+        _plans.cache_clear()
+        alone = deidentify(padded, Profile(), secret=SECRET).actions
+        _plans.cache_clear()
+        deidentify(first, Profile(), secret=SECRET)
+        assert deidentify(padded, Profile(), secret=SECRET).actions == alone

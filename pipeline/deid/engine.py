@@ -134,7 +134,8 @@ class _Walk:
                 else:
                     action, text, counted = action_at(tag, self.profile, self.iod, path), inner, tag
                 op = operation(action, vr, text, self.shifting, tag)
-                if raw and not tag >> 16 & 1 and tag not in values and tag not in self.placed:  # by tag alone
+                # By tag alone; never tag 0, which zero padding also reads as (skipped above, unplanned).
+                if raw and tag and not tag >> 16 & 1 and tag not in values and tag not in self.placed:
                     if len(plans) > MAX_PLANS:
                         plans.clear()
                     plans[tag, elem.VR, inner] = vr, action, op
