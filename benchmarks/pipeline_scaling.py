@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pyarrow as pa
 from distributed import Client
-from workload import SECRET, engine_once, make_workload, timed_job
+from workload import SECRET, engine_once, sized_workload, timed_job
 
 from pipeline.deid import Profile
 from pipeline.deid.keys import SECRET_ENV
@@ -150,10 +150,7 @@ def main() -> None:
     os.environ.setdefault(SECRET_ENV, SECRET.decode())  # run_unit in this process reads its own secret
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        distinct = len(make_workload(root / "probe", args.folder))
-        shutil.rmtree(root / "probe")
-        copies = max(1, min(1000, -(-args.objects // max(distinct, 1))))
-        files = make_workload(root / "source", args.folder, copies=copies)
+        files, distinct, copies = sized_workload(root, args.folder, args.objects)
         small = root / "small"
         small.mkdir()
         for path in files[::max(1, len(files) // args.small)][:args.small]:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from pipeline_scaling import engine_alone, machine_parallelism, on_cluster, spread
-from workload import SECRET, make_workload
+from workload import SECRET, sized_workload
 
 from pipeline.deid.keys import SECRET_ENV
 
@@ -38,10 +37,7 @@ def main() -> None:
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        distinct = len(make_workload(root / "probe", args.folder))
-        shutil.rmtree(root / "probe")
-        copies = max(1, min(1000, -(-args.objects // max(distinct, 1))))
-        files = make_workload(root / "source", args.folder, copies=copies)
+        files, distinct, copies = sized_workload(root, args.folder, args.objects)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         print(f"{len(files)} objects ({distinct} distinct, {copies} copies), {megabytes:.1f} MB, "
               f"{os.cpu_count()} cores", flush=True)

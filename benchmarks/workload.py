@@ -58,6 +58,15 @@ def make_workload(target: Path, source: Path | None = None, max_size: int = 2_00
     return copied
 
 
+def sized_workload(root: Path, source: Path | None, objects: int) -> tuple[list[Path], int, int]:
+    """About `objects` files under root/source, made of the distinct objects the engine accepts, each
+    copied under as many other SOP Instance UIDs as it takes: (files, distinct objects, copies)."""
+    distinct = len(make_workload(root / "probe", source))
+    shutil.rmtree(root / "probe")
+    copies = max(1, min(1000, -(-objects // max(distinct, 1))))
+    return make_workload(root / "source", source, copies=copies), distinct, copies
+
+
 def timed_job(client, source: str, out: Path, storage_options: dict | None = None,
               max_unit_objects: int = 1000) -> dict[str, float]:
     """Seconds spent in list+scan+plan, in running the units and in finalizing, on a fresh output."""
