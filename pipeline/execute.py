@@ -28,7 +28,7 @@ from .deid.stream import deidentify_bytes
 from .outputs import store
 from .patients import patient_row, pseudonym_for
 from .secret import SecretError, worker_key
-from .storage import filesystem, retry
+from .storage import filesystem, is_local, retry
 from .tables import put_bytes, write_part
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,30 @@ def _read(row: dict, storage_options: dict | None) -> bytes:
     return retry(fs.cat_file, path)
 
 
+class _Inline:
+    """Runs each call at once in this thread, as a pool would later: local reads and writes take microseconds,
+    and handing them to threads costs the de-identifying thread more (GIL hand-offs) than it saves."""
+
+    @staticmethod
+    def submit(fn: Callable, /, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    @staticmethod
+    def map(fn: Callable, items) -> Iterator:
+        return map(fn, items)
+
+
+def _start_read(pool: ThreadPoolExecutor, row: dict, storage_options: dict | None) -> Future:
+    """The object's read: in this thread for a local file, else in the pool, where latency overlaps."""
+    runner = _Inline if row["url"].startswith(_LOCAL_PREFIX) else pool
+    return runner.submit(_read, row, storage_options)
+
+
 def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dict | None,
                 ahead: int) -> Iterator[tuple[dict, Future | None]]:
     """Rows in order with their reads, up to `ahead` reads (and IN_FLIGHT_BYTES) in flight so that storage
@@ -136,9 +160,10 @@ def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dic
     held = 0
     for row in rows:
         duplicate = bool(row.get("duplicate_of"))
-        window.append((row, None if duplicate else pool.submit(_read, row, storage_options)))
+        window.append((row, None if duplicate else _start_read(pool, row, storage_options)))
         held += row["size"] or 0
-        while len(window) > ahead or (len(window) > 1 and held > IN_FLIGHT_BYTES):
+        local = row["url"].startswith(_LOCAL_PREFIX)  # read already: nothing to overlap, yield it now
+        while len(window) > (0 if local else ahead) or (len(window) > 1 and held > IN_FLIGHT_BYTES):
             oldest = window.popleft()
             held -= oldest[0]["size"] or 0
             yield oldest
@@ -256,9 +281,11 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
             outcomes[number] = _quarantine(rows[number], unit.unit_id, *refused)
         pending -= size
 
-    # Reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this thread.
+    # Remote reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this
+    # thread, and so does local I/O, which has no latency to hide.
     with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
         warnings.simplefilter("ignore")
+        writer = _Inline if is_local(settings.dest) and is_local(settings.tables) else pool
         for row, read in _prefetched(pool, rows, settings.storage_options, settings.io_threads):
             out = None
             if read is None:  # a duplicate by the header scan: its kept copy (sorted first) has settled
@@ -266,14 +293,14 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
                     settle()
                 outcome = _duplicate_of_written(row, outcomes, unit.unit_id)
                 if outcome is None:  # its kept copy failed or is in another unit: it may take the place
-                    read = pool.submit(_read, row, settings.storage_options)
+                    read = _start_read(pool, row, settings.storage_options)
             if read is not None:
                 outcome, out = _deidentify(row, read, unit.unit_id, settings, key)
             outcomes.append(outcome)
             source_bytes += row["size"] or 0
             report(len(outcomes), source_bytes)
             if out is not None:
-                write = pool.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
+                write = writer.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
                                     row["url"], out, folders)
                 writes.append((write, len(out), len(outcomes) - 1))
                 pending += len(out)
@@ -283,7 +310,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
         while writes:
             settle()
         tables = _unit_tables(outcomes, unit.unit_id)
-        list(pool.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
+        list(writer.map(lambda name: write_part(tables_fs, tables_path, name, unit.unit_id, tables[name]),
                       tables))
     stats = {"unit_id": unit.unit_id, "objects": len(outcomes),
              "written": len(tables["index"]), "quarantined": len(tables["quarantine"]),

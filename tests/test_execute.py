@@ -99,6 +99,54 @@ def test_a_second_copy_of_an_object_is_quarantined_not_overwritten():
     assert duplicates(plan).to_pylist() == [None, None, "s3://b/a.dcm", None]
 
 
+def _io_threads(monkeypatch) -> dict[str, set[str]]:
+    """The threads that read sources and store outputs, recorded as the unit runs."""
+    import threading
+
+    import pipeline.execute as execute
+
+    seen: dict[str, set[str]] = {"_read": set(), "store": set()}
+    def spy(name: str, real):
+        def called(*args):
+            seen[name].add(threading.current_thread().name)
+            return real(*args)
+        return called
+
+    for name in seen:
+        monkeypatch.setattr(execute, name, spy(name, getattr(execute, name)))
+    return seen
+
+
+def test_local_reads_and_writes_stay_in_the_units_thread(tmp_path, monkeypatch):
+    """Local storage has no latency to hide: handing its I/O to threads only costs the de-identifying one."""
+    import threading
+
+    files = study_objects(1, 4)
+    write_tree(tmp_path / "src", files)
+    seen = _io_threads(monkeypatch)
+    stats = run_unit(Unit("u-local", _rows(tmp_path / "src", files)), _settings(tmp_path))
+    assert stats["written"] == 4
+    assert seen == {"_read": {threading.current_thread().name}, "store": {threading.current_thread().name}}
+
+
+def test_remote_reads_and_writes_overlap_in_the_pool(tmp_path, monkeypatch, s3_server, s3_bucket):
+    import fsspec
+
+    files = study_objects(1, 4)
+    options = s3_server["storage_options"]
+    fs = fsspec.filesystem("s3", **options)
+    for name, data in files.items():
+        fs.pipe_file(f"{s3_bucket}/src/{name}", data)
+    rows = [{"url": f"s3://{s3_bucket}/src/{name}", "size": len(data), "duplicate_of": None}
+            for name, data in files.items()]
+    seen = _io_threads(monkeypatch)
+    settings = Settings(f"s3://{s3_bucket}/dest", f"s3://{s3_bucket}/tables", Profile(), fingerprint(SECRET),
+                        options)
+    assert run_unit(Unit("u-s3", rows), settings)["written"] == 4
+    assert all(name.startswith("ThreadPoolExecutor") for names in seen.values() for name in names)
+    assert seen["_read"] and seen["store"]
+
+
 def test_reprs_name_no_secret_no_object():
     settings = Settings("d", "t", Profile(), fingerprint(SECRET),
                         storage_options={"secret": "aws-secret-key"})
