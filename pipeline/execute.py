@@ -25,7 +25,7 @@ from . import burned_in
 from .actions import unit_rows
 from .deid import DeidError, Profile
 from .deid.stream import deidentify_bytes
-from .outputs import store
+from .outputs import Outputs
 from .patients import patient_row, pseudonym_for
 from .secret import SecretError, worker_key
 from .storage import filesystem, is_local, retry
@@ -263,7 +263,6 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     key = worker_key(settings.fingerprint)  # this process's own secret, checked against the job's
     dest_fs, dest_path = filesystem(settings.dest, settings.storage_options)
     tables_fs, tables_path = filesystem(settings.tables, settings.storage_options)
-    folders: set[str] = set()
     rows = sorted(unit.rows, key=lambda r: (bool(r.get("duplicate_of")), r["url"]))  # kept copies first
     # pydicom's warnings quote element values, which may be patient data: keep them out of worker logs.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -283,7 +282,8 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
 
     # Remote reads and writes wait on storage in the pool; the CPU-bound de-identification stays in this
     # thread, and so does local I/O, which has no latency to hide.
-    with warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool:
+    with (warnings.catch_warnings(), ThreadPoolExecutor(settings.io_threads) as pool,
+          Outputs(dest_fs, dest_path, tables_fs, tables_path, unit.unit_id) as outputs):
         warnings.simplefilter("ignore")
         writer = _Inline if is_local(settings.dest) and is_local(settings.tables) else pool
         for row, read in _prefetched(pool, rows, settings.storage_options, settings.io_threads):
@@ -300,8 +300,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
             source_bytes += row["size"] or 0
             report(len(outcomes), source_bytes)
             if out is not None:
-                write = writer.submit(store, dest_fs, dest_path, tables_fs, tables_path, outcome.index["key"],
-                                    row["url"], out, folders)
+                write = writer.submit(outputs.store, outcome.index["key"], row["url"], out)
                 writes.append((write, len(out), len(outcomes) - 1))
                 pending += len(out)
             while writes and (writes[0][0].done() or len(writes) > settings.io_threads

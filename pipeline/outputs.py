@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from enum import Enum
 
 from .storage import retry
 from .tables import put_bytes
+
+JOURNAL_LINES = 4096  # claims per journal file, far below any file system's limit on hard links
 
 
 class Put(Enum):
@@ -33,7 +37,7 @@ def put_new(fs, path: str, data: bytes, folders: set[str]) -> Put:
     """Write `data` at `path` only if nothing is there (local: exclusive create; S3: If-None-Match).
 
     On local disk the bytes go straight into place: a write killed halfway leaves a partial file that only
-    this object's claim can name, and its unit, never committed, writes it again (see `store`)."""
+    this object's claim can name, and its unit, never committed, writes it again (see `Outputs.store`)."""
     if _local(fs):
         _folder(path, folders)
         try:
@@ -55,39 +59,108 @@ def claim_path(tables_path: str, key: str) -> str:
     return f"{tables_path}/claims/{key}.url"
 
 
-def _claim(fs, path: str, url: str, folders: set[str]) -> Put:
-    """Claim an output key for `url`: on local disk a symbolic link whose target is the URL, which appears
-    whole in one step (older jobs' claims are files holding it); elsewhere a conditional PUT."""
-    if not _local(fs):
-        return put_new(fs, path, url.encode(), folders)
-    _folder(path, folders)
-    try:
-        os.symlink(url, path)
-        return Put.CREATED
-    except FileExistsError:
-        return Put.SAME if _holder(fs, path) == url else Put.OTHER
+def _journal_holder(text: str, key: str) -> str:
+    """The URL of the first line for `key` in a claims journal ('' when none: held by nobody known)."""
+    for line in text.splitlines():
+        try:
+            claimed, url = json.loads(line)
+        except ValueError:  # a line cut short by a killed writer
+            continue
+        if claimed == key:
+            return url
+    return ""
 
 
-def _holder(fs, path: str) -> str:
-    """The source URL that holds a claim."""
-    if _local(fs) and os.path.islink(path):
-        return os.readlink(path)
-    return retry(fs.cat_file, path).decode()
+class Outputs:
+    """One unit's writes: each output under its claim, then the output itself, by exclusive creates.
 
+    On local disk a claim is a hard link, made in one step, to a journal of this unit's claims whose first
+    line for the key names the source URL: linking takes no new inode, where a file or symbolic link per
+    object costs as much as the output itself on some file systems. One attempt of the unit writes each
+    journal, and only until a claim through it fails or is given up, so the first line for a key is always
+    its holder's. Elsewhere a claim is a conditional PUT of the URL."""
 
-def store(dest_fs, dest_path: str, tables_fs, tables_path: str, key: str, url: str,
-          data: bytes, folders: set[str]) -> tuple[str, str] | None:
-    """Write one object's output under its claim; (reason, detail) when another object holds the key.
-    `folders` are those this unit made already."""
-    claim = claim_path(tables_path, key)
-    held = _claim(tables_fs, claim, url, folders)
-    if held is Put.OTHER:
-        return "duplicate-sop-instance", f"same output key as {_holder(tables_fs, claim)}, which is kept"
-    output = f"{dest_path}/{key}"
-    if put_new(dest_fs, output, data, folders) is not Put.OTHER:
-        return None
-    if held is Put.SAME:  # this object's own earlier output (or part of it); its source changed since
-        put_bytes(dest_fs, output, data)
-        return None
-    retry(tables_fs.rm_file, claim)  # DEST holds something this job never wrote: leave it, claim nothing
-    return "output-exists", "DEST already holds other bytes at this object's output key"
+    def __init__(self, dest_fs, dest_path: str, tables_fs, tables_path: str, unit_id: str) -> None:
+        self.dest_fs, self.dest_path = dest_fs, dest_path
+        self.tables_fs, self.tables_path = tables_fs, tables_path
+        self.unit_id = unit_id
+        self.folders: set[str] = set()  # the folders this unit made already
+        self._journal: tuple[str, int] | None = None  # (path, descriptor)
+        self._lines = 0
+        self._journals = 0  # the number in the next journal's name: alike in every run of the unit
+        self._lock = threading.Lock()  # stores run in a pool when DEST is remote and TABLES local
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._close_journal()
+
+    def _close_journal(self) -> None:
+        """Take no more lines in the current journal (called with the lock held)."""
+        if self._journal:
+            os.close(self._journal[1])
+            self._journal = None
+
+    def _link(self, claim: str, key: str, url: str) -> None:
+        """Write this claim's line to the current journal (a new one when full), then link the claim to it;
+        a claim held already closes the journal, whose line for the key now holds nothing."""
+        if self._lines >= JOURNAL_LINES:
+            self._close_journal()
+        while self._journal is None:  # a name no attempt of this unit has taken: one writer per journal
+            path = f"{self.tables_path}/claims/{self.unit_id}.{self._journals}.journal"
+            _folder(path, self.folders)
+            self._journals += 1
+            try:
+                self._journal = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            except FileExistsError:
+                continue
+            self._lines = 0
+        os.write(self._journal[1], (json.dumps([key, url]) + "\n").encode())
+        self._lines += 1
+        _folder(claim, self.folders)
+        try:
+            os.link(self._journal[0], claim)
+        except FileExistsError:
+            self._close_journal()
+            raise
+        except OSError:  # a file system without hard links: a symbolic link whose target is the URL
+            os.symlink(url, claim)
+
+    def _claim(self, claim: str, key: str, url: str) -> Put:
+        """Claim an output key for `url`."""
+        fs = self.tables_fs
+        if not _local(fs):
+            return put_new(fs, claim, url.encode(), self.folders)
+        try:
+            with self._lock:
+                self._link(claim, key, url)
+            return Put.CREATED
+        except FileExistsError:
+            return Put.SAME if self._holder(claim, key) == url else Put.OTHER
+
+    def _holder(self, claim: str, key: str) -> str:
+        """The source URL that holds a claim (older jobs' claims are symbolic links, or files holding it)."""
+        fs = self.tables_fs
+        if _local(fs) and os.path.islink(claim):
+            return os.readlink(claim)
+        text = retry(fs.cat_file, claim).decode()
+        return _journal_holder(text, key) if text.startswith("[") else text
+
+    def store(self, key: str, url: str, data: bytes) -> tuple[str, str] | None:
+        """Write one object's output under its claim; (reason, detail) when another object holds the key."""
+        claim = claim_path(self.tables_path, key)
+        held = self._claim(claim, key, url)
+        if held is Put.OTHER:
+            return "duplicate-sop-instance", f"same output key as {self._holder(claim, key)}, which is kept"
+        output = f"{self.dest_path}/{key}"
+        if put_new(self.dest_fs, output, data, self.folders) is not Put.OTHER:
+            return None
+        if held is Put.SAME:  # this object's own earlier output (or part of it); its source changed since
+            put_bytes(self.dest_fs, output, data)
+            return None
+        with self._lock:  # DEST holds something this job never wrote: give the claim up, and its journal
+            self._close_journal()
+            retry(self.tables_fs.rm_file, claim)
+        return "output-exists", "DEST already holds other bytes at this object's output key"

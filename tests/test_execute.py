@@ -104,6 +104,7 @@ def _io_threads(monkeypatch) -> dict[str, set[str]]:
     import threading
 
     import pipeline.execute as execute
+    from pipeline.outputs import Outputs
 
     seen: dict[str, set[str]] = {"_read": set(), "store": set()}
     def spy(name: str, real):
@@ -112,8 +113,8 @@ def _io_threads(monkeypatch) -> dict[str, set[str]]:
             return real(*args)
         return called
 
-    for name in seen:
-        monkeypatch.setattr(execute, name, spy(name, getattr(execute, name)))
+    for owner, name in ((execute, "_read"), (Outputs, "store")):
+        monkeypatch.setattr(owner, name, spy(name, getattr(owner, name)))
     return seen
 
 

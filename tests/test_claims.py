@@ -1,0 +1,122 @@
+"""Claims of output keys on local disk: hard links to a journal that names each holder, no inode apiece."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from samples import SECRET, study_objects, tree, write_tree
+
+import pipeline.outputs as outputs
+from pipeline.deid import Profile
+from pipeline.deid.keys import SECRET_ENV
+from pipeline.execute import Settings, Unit, run_unit
+from pipeline.secret import fingerprint
+
+
+@pytest.fixture(autouse=True)
+def _own_secret(monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
+
+
+def _unit(tmp_path: Path, files: dict[str, bytes], name: str = "run", unit_id: str = "u-claims") -> Settings:
+    write_tree(tmp_path / "src", files)
+    rows = [{"url": (tmp_path / "src" / n).as_uri(), "size": len(d), "duplicate_of": None}
+            for n, d in files.items()]
+    settings = Settings(str(tmp_path / name / "dest"), str(tmp_path / name / "tables"), Profile(),
+                        fingerprint(SECRET))
+    run_unit(Unit(unit_id, rows), settings)
+    return settings
+
+
+def _written(settings: Settings) -> dict[str, str]:
+    """Output key -> source URL, as the unit's manifest part says."""
+    rows = pq.read_table(Path(settings.tables, "manifest", "parts")).to_pylist()
+    return {r["output_key"]: r["source_url"] for r in rows if r["status"] == "written"}
+
+
+def _claims(settings: Settings) -> dict[str, Path]:
+    root = Path(settings.tables, "claims")
+    return {str(p.relative_to(root))[:-len(".url")]: p for p in root.rglob("*.url")}
+
+
+def _holder(claim: Path, key: str) -> str | None:
+    """The first line for `key` in the journal a claim is linked to."""
+    for line in claim.read_text().splitlines():
+        claimed, url = json.loads(line)
+        if claimed == key:
+            return url
+    return None
+
+
+def test_claims_are_hard_links_to_one_journal_whose_lines_name_each_holder(tmp_path):
+    settings = _unit(tmp_path, study_objects(2, 3))
+    written, claims = _written(settings), _claims(settings)
+    assert set(claims) == set(written) and len(written) == 6
+    journals = list(Path(settings.tables, "claims").glob("*.journal"))
+    assert [p.name for p in journals] == ["u-claims.0.journal"]
+    inode = journals[0].stat().st_ino
+    assert all(not p.is_symlink() and p.stat().st_ino == inode for p in claims.values())  # no inode apiece
+    assert {key: _holder(claims[key], key) for key in claims} == written
+
+
+def test_a_full_journal_makes_way_for_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "JOURNAL_LINES", 2)
+    settings = _unit(tmp_path, study_objects(1, 5))
+    claims, written = _claims(settings), _written(settings)
+    assert sorted(p.name for p in Path(settings.tables, "claims").glob("*.journal")) == [
+        f"u-claims.{n}.journal" for n in range(3)]
+    assert {key: _holder(claims[key], key) for key in claims} == written
+
+
+def test_a_rerun_after_a_killed_attempt_writes_the_same_outputs_in_a_journal_of_its_own(tmp_path):
+    files = study_objects(1, 3)
+    reference = _unit(tmp_path, files, "reference")
+    settings = _unit(tmp_path, files, "killed")
+    # What a killed attempt leaves: its claims and journal, one output cut short, no parts, no marker.
+    key = sorted(_written(settings))[0]
+    output = Path(settings.dest, key)
+    output.write_bytes(output.read_bytes()[:100])
+    for leftover in ("units", "manifest", "index", "uid_map", "actions", "quarantine"):
+        shutil.rmtree(Path(settings.tables, leftover), ignore_errors=True)
+
+    run_unit(Unit("u-claims", [{"url": (tmp_path / "src" / n).as_uri(), "size": len(d), "duplicate_of": None}
+                               for n, d in files.items()]), settings)
+    assert tree(Path(settings.dest)) == tree(Path(reference.dest))
+    assert _written(settings) == _written(reference)
+    journals = sorted(p.name for p in Path(settings.tables, "claims").glob("*.journal"))
+    assert journals[0] == "u-claims.0.journal" and len(journals) > 1  # the killed attempt's stays its own
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_older_jobs_claims_still_hold_their_keys(tmp_path, kind):
+    """Claims of earlier versions: a symbolic link whose target is the URL, or a file holding it."""
+    files = study_objects(1, 2)
+    first = _unit(tmp_path, files, "first")
+    keys = sorted(_written(first))
+    older = tmp_path / "older"
+    mine = _written(first)[keys[0]]
+    for key, url in ((keys[0], mine), (keys[1], "file:///elsewhere/other.dcm")):
+        claim = older / "tables" / "claims" / f"{key}.url"
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(url, claim) if kind == "symlink" else claim.write_text(url)
+
+    settings = _unit(tmp_path, files, "older")
+    assert set(_written(settings)) == {keys[0]}  # its own earlier claim: no conflict
+    quarantined = pq.read_table(Path(settings.tables, "quarantine", "parts")).to_pylist()
+    assert [(q["reason"], q["detail"]) for q in quarantined] == [
+        ("duplicate-sop-instance", "same output key as file:///elsewhere/other.dcm, which is kept")]
+
+
+def test_a_file_system_without_hard_links_gets_symbolic_links(tmp_path, monkeypatch):
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(outputs.os, "link", refused)
+    settings = _unit(tmp_path, study_objects(1, 3))
+    claims, written = _claims(settings), _written(settings)
+    assert set(claims) == set(written)
+    assert {key: os.readlink(claim) for key, claim in claims.items()} == written
