@@ -45,7 +45,7 @@ def main() -> None:
             this = {"engine": engine_alone(files, root / "engine-out"), "machine": {}, "job": {}}
             for n in counts:
                 this["machine"][n] = machine_parallelism(n) if n > 1 else 1.0
-                this["job"][n] = on_cluster(n, root / "source", root / f"job-{n}")
+                this["job"][n] = on_cluster(n, root / "source", root / f"job-{n}", files[::copies])
                 print(f"round {number + 1}, {n:2d} workers: {this['job'][n]['total']:.2f} s whole job "
                       f"(machine's own gain {this['machine'][n]:.2f}x)", flush=True)
             rounds.append(this)
