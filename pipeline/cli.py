@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .console import end_live, logging_to_stderr, quiet_interrupts, say, starting
+from .startup import without_pandas
 
 DEMO_ROOT = Path("dicom-deid-output")
 DEMO_DEST = DEMO_ROOT / "deidentified"
@@ -548,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parse(argv)
             command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize,
                        "verify": _verify, "export-maps": _export_maps}[args.command]
-            with logging_to_stderr(getattr(logging, args.log_level), _progress(args)):
+            with logging_to_stderr(getattr(logging, args.log_level), _progress(args)), without_pandas():
                 return command(args)
     except _user_errors() as exc:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)
