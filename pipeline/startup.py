@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.abc import MetaPathFinder
 
 
-class _NoPandas(MetaPathFinder):
+class _NoPandas:
     """Finds nothing for pandas: importing it fails as if it were not installed."""
 
     def find_spec(self, name: str, path=None, target=None):
