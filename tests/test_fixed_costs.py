@@ -1,5 +1,6 @@
-"""A small local job costs its objects and little else: the command runs it without Dask, pandas or the S3
-stack loaded and without starting a process, and a rerun with nothing new does not even read a header."""
+"""A job costs its objects and little else: the command runs a small local job, and its rerun, without Dask,
+pandas or the S3 stack loaded and without starting a process; the embedded cluster's workers never load
+pandas either."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distributed import Client
 from samples import SECRET, study_objects, write_tree
 
+import pipeline
 from pipeline.deid.keys import SECRET_ENV
+from pipeline.job import local_cluster
 from pipeline.startup import without_pandas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +72,12 @@ def test_the_block_leaves_a_process_that_has_pandas_alone():
     with without_pandas():
         import pandas as again
     assert again is pandas
+
+
+def test_the_embedded_clusters_workers_do_not_load_pandas(tmp_path):
+    write_tree(tmp_path / "src", study_objects(2, 3, seed="workers"))
+    with local_cluster(1, key=SECRET) as cluster, Client(cluster) as client:
+        result = pipeline.run(str(tmp_path / "src"), str(tmp_path / "dest"), tables=str(tmp_path / "tables"),
+                              client=client, secret=SECRET)
+        assert result.ok and result.written == 6  # the worker wrote table parts: pyarrow converted rows
+        assert list(client.run(lambda: "pandas" in sys.modules).values()) == [False]
