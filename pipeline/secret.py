@@ -109,4 +109,5 @@ def hold(key: bytes) -> None:
 
 
 def release(key: bytes) -> None:
+    """Forget a secret `hold` kept, once its job is done here."""
     _sent.pop(fingerprint(key), None)
