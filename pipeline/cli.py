@@ -11,10 +11,10 @@ import shutil
 import signal
 import sys
 from contextlib import nullcontext
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .console import end_live, logging_to_stderr, quiet_interrupts, say, starting
+from .startup import without_pandas
 
 DEMO_ROOT = Path("dicom-deid-output")
 DEMO_DEST = DEMO_ROOT / "deidentified"
@@ -148,10 +148,24 @@ class _Filter(argparse.Action):
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("dicom-deid")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked: reading the installed metadata costs every command ~50 ms."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"dicom-deid {_version()}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     secret_env, secret_file_env = _secret_names()
     parser = _Parser(prog="dicom-deid", description="De-identify DICOM archives at scale.",
                      formatter_class=_Help)
-    parser.add_argument("--version", action="version", version=f"dicom-deid {_version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
 
@@ -548,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parse(argv)
             command = {"run": _run, "scan": _scan, "status": _status, "finalize": _finalize,
                        "verify": _verify, "export-maps": _export_maps}[args.command]
-            with logging_to_stderr(getattr(logging, args.log_level), _progress(args)):
+            with logging_to_stderr(getattr(logging, args.log_level), _progress(args)), without_pandas():
                 return command(args)
     except _user_errors() as exc:
         print(f"dicom-deid: error: {_message(exc)}", file=sys.stderr)

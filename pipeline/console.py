@@ -445,9 +445,13 @@ def gathered(client, futures: list) -> list:
 def dask_setup(worker) -> None:
     """Dask preload hook for a local cluster's worker processes: a Ctrl-C at the terminal reaches them too,
     but only the driver should handle it (by closing them). A worker only falls silent, so that neither a
-    traceback nor the heartbeat errors of a scheduler closing before it reach the terminal."""
+    traceback nor the heartbeat errors of a scheduler closing before it reach the terminal. Nor does a
+    worker load pandas at its first table (pipeline/startup.py)."""
+    from .startup import block_pandas
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda signum, frame: logging.disable(logging.CRITICAL))
+    block_pandas()
 
 
 def quiet_interrupts(message: str) -> Callable[[], None]:

@@ -224,13 +224,13 @@ def _duplicate_of_written(row: dict, outcomes: list[_Outcome], unit_id: str) -> 
 
 def _reporter(unit: Unit, every: float) -> Callable[[int, int], None]:
     """Tells the driver, every `every` seconds, how far a running unit got (nothing outside a worker)."""
+    if unit.progress_topic is None:  # asked for by no one: Dask is not even loaded in a small job
+        return lambda objects, nbytes: None
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:
-        worker = None
-    if worker is None or unit.progress_topic is None:
         return lambda objects, nbytes: None
     last = time.monotonic()
 
@@ -390,8 +390,6 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
     `on_unit` gets each finished unit's counts; `on_partial` gets running units' progress reports
     ({unit_id, objects, source_bytes} so far, zero when a unit starts over).
     """
-    from distributed import as_completed
-
     units = _units(plan)
     if done is None:
         done = committed_units(settings.tables, settings.storage_options)
@@ -399,6 +397,8 @@ def run_units(client, plan: pa.Table, settings: Settings, *, done: set[str] | No
     progress = Progress(units_total=len(units), units_skipped=len(units) - len(queue))
     if not queue:  # nothing to run: no client needed (a small job starts none)
         return progress
+    from distributed import as_completed  # only now: loading Dask would cost a no-op rerun ~0.5 s
+
     window = window or max(2, 2 * sum(client.nthreads().values()))
     run_token = uuid.uuid4().hex[:8]
     topic = f"dicom-deid-progress-{run_token}" if on_partial else None

@@ -6,12 +6,12 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +22,7 @@ from .deid.keys import SECRET_ENV, as_key
 from .deid.profile import resolve
 from .listing import LISTING_FILE_SUFFIXES
 from .report import load_table, result_html, result_text
-from .secret import SECRET_FILE_ENV, SendSecret, fingerprint, from_environment, held_here
+from .secret import SECRET_FILE_ENV, fingerprint, from_environment
 from .storage import filesystem, is_local, retry
 from .tables import put_bytes
 
@@ -42,8 +42,8 @@ LOCAL_DASHBOARD = "127.0.0.1:0"  # the embedded cluster's dashboard: this machin
 PATIENT_SETTINGS = {"pseudonymize_patients": False, "crosswalk": False, "allow_burned_in": False,
                     "burned_in_unknown": "quarantine"}
 SHARD_THREADS = 4  # shards size units as if each had this many threads: alike on every shard's machine
-# A local SOURCE of at most this many objects runs on a worker thread of this process: starting worker
-# processes (2-3 s) costs more than a second core saves on ~1,000 objects at ~2 ms each.
+# A local SOURCE of at most this many objects runs in this process, without Dask: starting worker processes
+# (2-3 s) costs more than a second core saves on ~1,000 objects at ~2 ms each.
 IN_PROCESS_OBJECTS = 1000
 # An embedded cluster's event loops wake far less often than Dask's defaults (a tick every 20 ms, system and
 # memory monitors 2 and 10 times a second): each wake-up takes the GIL from de-identification, and they
@@ -189,32 +189,6 @@ def small_local_source(source: str, limit: int = IN_PROCESS_OBJECTS) -> bool:
     return True
 
 
-@contextmanager
-def in_process_cluster(key: bytes | None, dashboard_address: str = LOCAL_DASHBOARD) -> Iterator:
-    """One single-threaded worker inside this process: the same tasks as on a cluster, without starting
-    processes; the worker finds the secret in this process's memory."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    log.info("running in this process (a small local job)")
-    with (held_here(key), dask.config.set(QUIET_LOOPS),
-          LocalCluster(n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.ERROR,
-                       dashboard_address=dashboard_address, worker_dashboard_address="127.0.0.1:0") as local,
-          Client(local) as client):
-        log.info("Dask dashboard: %s", _bound_link(client.dashboard_link, dashboard_address))
-        yield client
-
-
-def _bound_link(link: str, address: str) -> str:
-    """The dashboard's link at the host it listens on: an in-process cluster names this machine's
-    outward address, where a dashboard bound to 127.0.0.1 cannot be reached."""
-    host = address.rpartition(":")[0]
-    if not link or not host or host in ("0.0.0.0", "::", "[::]"):
-        return link
-    parts = urlsplit(link)
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
-
-
 def _secret_env(key: bytes | None) -> dict[str, str]:
     if key is None:
         return {}
@@ -224,7 +198,9 @@ def _secret_env(key: bytes | None) -> dict[str, str]:
 
 
 def _current_client():
-    """The Dask client this process made current, if any."""
+    """The Dask client this process made current, if any (none before Dask is loaded, which costs seconds)."""
+    if "distributed" not in sys.modules:
+        return None
     from distributed import get_client
 
     try:
@@ -262,6 +238,8 @@ def _sent_secret(client, key: bytes | None, send: bool) -> Iterator[None]:
     if not send or key is None:
         yield
         return
+    from .sendsecret import SendSecret
+
     address = client.scheduler.address
     if not address.startswith("tls://"):
         raise JobError(f"--send-secret needs a tls:// scheduler, not {address.split('://')[0]}://: the "
@@ -455,6 +433,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     """
     from .execute import Settings, committed_units, run_units
     from .finalize import FINALIZING, describe, finalize, read_summary
+    from .here import run_here
     from .ingest import shard_of
     from .patients import with_crosswalk
     from .workers import check_workers
@@ -473,8 +452,7 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
     check_locations(source, dest, tables, storage_options)
     research_ids = _crosswalk(crosswalk, storage_options) if crosswalk else None
     key = None if dry_run else resolve_key(secret)
-    # A small local job lists, scans and plans in this process, and starts a worker here only if there is
-    # anything to run: a rerun with nothing new starts no cluster at all.
+    # A small local job lists, scans and plans in this process and runs its units here too, without Dask.
     small = (client is None and workers is None and not shard and not send_secret
              and _current_client() is None and small_local_source(source))
     with (nullcontext() if small else cluster(client, key, dashboard_address, workers)) as active, \
@@ -522,9 +500,10 @@ def run(source: str, dest: str, tables: str, profile: Profile | None = None, cli
                 callback(stats)
 
         try:
-            with (in_process_cluster(key, dashboard_address) if small and todo.num_rows
-                  else nullcontext(active)) as runner:
-                outcome = run_units(runner, planned, settings, done=done, on_unit=unit_finished,
+            if small:
+                outcome = run_here(planned, settings, key, done=done, on_unit=unit_finished)
+            else:
+                outcome = run_units(active, planned, settings, done=done, on_unit=unit_finished,
                                     on_partial=bars.partial if bars else None)
         finally:
             if bars:

@@ -11,15 +11,13 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from .deid.keys import SECRET_ENV, as_key
 
 SECRET_FILE_ENV = "DICOM_DEID_SECRET_FILE"
 _HOW = (f"set {SECRET_ENV} or {SECRET_FILE_ENV} (a mounted secret file) in its environment, "
         "or send it with --send-secret over a tls:// scheduler")
-# Secrets a driver sent with --send-secret, by fingerprint; only ever filled by SendSecret.setup, or for a
-# job whose worker runs in the driver's own process (`held_here`).
+# Secrets a driver sent with --send-secret, by fingerprint; only ever filled by SendSecret.setup
+# (pipeline/sendsecret.py), or for a job whose worker runs in the driver's own process (`held_here`).
 _sent: dict[str, bytes] = {}
 
 
@@ -98,25 +96,18 @@ def held_here(key: bytes | None) -> Iterator[None]:
     if key is None:
         yield
         return
-    _sent[fingerprint(key)] = key
+    hold(key)
     try:
         yield
     finally:
-        _sent.pop(fingerprint(key), None)
+        release(key)
 
 
-class SendSecret(WorkerPlugin):
-    """Carries the secret to every worker, also ones that join later (--send-secret, over TLS only)."""
+def hold(key: bytes) -> None:
+    """Keep a secret the driver handed this process, for workers here to find by its fingerprint."""
+    _sent[fingerprint(key)] = key
 
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-        self.name = f"dicom-deid-secret-{fingerprint(key)}"
 
-    def __repr__(self) -> str:
-        return f"SendSecret({fingerprint(self.key)})"
-
-    def setup(self, worker) -> None:
-        _sent[fingerprint(self.key)] = self.key
-
-    def teardown(self, worker) -> None:
-        _sent.pop(fingerprint(self.key), None)
+def release(key: bytes) -> None:
+    """Forget a secret `hold` kept, once its job is done here."""
+    _sent.pop(fingerprint(key), None)

@@ -131,9 +131,15 @@ def write_table(fs, path: str, table: pa.Table) -> None:
     put_bytes(fs, path, table_bytes(table))
 
 
+def from_parquet(content: bytes) -> pa.Table:
+    """One whole Parquet object's table: as `pq.read_table` gives it, at half its cost on the small parts
+    of units (it builds a dataset first)."""
+    return pq.ParquetFile(io.BytesIO(content)).read()
+
+
 def read_table(fs, path: str, schema: pa.Schema | None = None) -> pa.Table:
     """Load one Parquet object, cast to `schema` when given."""
-    table = pq.read_table(io.BytesIO(retry(fs.cat_file, path)))
+    table = from_parquet(retry(fs.cat_file, path))
     return table.cast(schema) if schema is not None else table
 
 
@@ -161,7 +167,7 @@ def _read_parts(fs, paths: list[str]) -> Iterator[pa.Table]:
         for start in range(0, len(paths), _READ_BATCH):
             batch = paths[start:start + _READ_BATCH]
             for content in pool.map(lambda path: retry(fs.cat_file, path), batch):
-                yield pq.read_table(io.BytesIO(content))
+                yield from_parquet(content)
 
 
 def read_parts(fs, tables_path: str, name: str, units: set[str]) -> pa.Table:

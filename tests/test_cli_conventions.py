@@ -222,7 +222,8 @@ def _until(lines: list[str], text: str, process: subprocess.Popen, limit: float 
 
 
 def test_ctrl_c_exits_130_with_one_line_on_how_to_resume(archive):
-    """Ctrl-C at a terminal reaches the whole process group: the embedded cluster's workers stay quiet."""
+    """Ctrl-C at a terminal reaches the whole process group, here while a small job's units run in the
+    command's own process."""
     write_tree(archive / "src", study_objects(4, 20, seed="sigint"))
     process = subprocess.Popen([*CLI, "run", str(archive / "src"), str(archive / "dest"), "--tables",
                                 str(archive / "tables")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -231,7 +232,7 @@ def test_ctrl_c_exits_130_with_one_line_on_how_to_resume(archive):
     pump = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     pump.start()
     try:
-        _until(lines, "Dask dashboard", process)
+        _until(lines, "running in this process", process)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=120) == 130
     finally:

@@ -43,7 +43,7 @@ def test_a_small_job_runs_in_the_driver_and_gives_the_same_outputs(tmp_path):
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "running in this process" in done.stderr and "starting a local Dask cluster" not in done.stderr
-    assert "Dask dashboard: http://127.0.0.1:" in done.stderr  # where it listens, not a dead link
+    assert "Dask" not in done.stderr  # no scheduler, no worker, no dashboard: the units run here
     _same_as_stored(tmp_path, len(DIGESTS.read_text().splitlines()))
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "nothing new" in again.stdout
