@@ -81,8 +81,8 @@ def _cpu_everywhere() -> float:
 
 
 def _warm(distinct: list[str]) -> None:
-    """What a process does before its first table: import the pipeline, and pandas, which pyarrow loads at
-    its first conversion of Python values (0.5-0.7 s here); and de-identify each distinct object once, as the
+    """What a process does before its first table: import the pipeline and make a first Arrow array (which
+    loads pandas where it is not blocked, 0.5-0.7 s here); and de-identify each distinct object once, as the
     engine-alone process did while making the workload (the first object of each kind builds its IOD's
     tables and the walker's plans: 0.3-0.5 s here)."""
     __import__("pipeline.execute")
