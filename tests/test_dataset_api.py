@@ -180,3 +180,19 @@ def test_zero_padding_is_skipped_after_a_real_tag_zero_element():
         _plans.cache_clear()
         deidentify(first, Profile(), secret=SECRET)
         assert deidentify(padded, Profile(), secret=SECRET).actions == alone
+
+
+def test_the_result_is_written_as_it_is_held():
+    """pydicom's writer writes the result's file meta and its SOP UIDs as the raw bytes they are held
+    in: converting them (as it does for a dataset whose encoding it does not know) costs the write
+    time and may encode them otherwise."""
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    out, _ = apply(ds, secret=SECRET)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, out.file_meta)  # in place, not on a copy as save_as does
+    assert all(isinstance(elem, RawDataElement) for elem in out.file_meta._dict.values())
+    assert all(isinstance(out._dict[Tag(tag)], RawDataElement) for tag in (0x00080016, 0x00080018))
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID != ds.SOPInstanceUID

@@ -56,6 +56,7 @@ from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES,
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+_MEDIA_SOP_CLASS = 0x00020002
 
 
 MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
@@ -109,7 +110,8 @@ class _Walk:
         overlays = False
         content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
         values = self._content_item(source) if content_item else {}
-        plans, seen, note, charset = self.plans, self.seen, self.guard.note, self.charset
+        plans, seen, charset = self.plans, self.seen, self.charset
+        note, keep = self.guard.note, self.guard.keep
         implicit, little = self.encoding
         for tag, elem in source.items():
             tag = int(tag)  # plain ints compare at C speed in the plans' keys
@@ -143,7 +145,7 @@ class _Walk:
             if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
                 new = self._conforming(elem, vr, tag)
                 if new is not None:
-                    note(tag, KEEP, vr, partial(_same, value))
+                    keep(tag, vr, value)
             else:
                 if op == NEW_UIDS:
                     op = settled(_text(elem))
@@ -307,10 +309,6 @@ class _Walk:
                                        for item in self._source_items(elem)])
 
 
-def _same(value: bytes) -> bytes:
-    return value
-
-
 def _encodings(charset_elem, inherited: list[str]) -> list[str]:
     """The encodings pydicom's writer uses for text under a Specific Character Set element, if any."""
     if charset_elem is None:
@@ -351,6 +349,23 @@ def _text(elem) -> str:
     return "" if value is None else str(value)
 
 
+def _uid(ds: Dataset, tag: int, as_written: bool = False) -> str | None:
+    """A raw single UID as pydicom reads it, without converting the element (which would make pydicom's
+    writer encode it again); None where pydicom must say (absent, converted, several values, other VRs).
+    With `as_written`, only where pydicom writes the converted value as the raw bytes are, so that leaving
+    the element raw changes no output."""
+    elem = ds._dict.get(tag)
+    raw = elem.value if isinstance(elem, RawDataElement) and elem.VR in ("UI", None) else None
+    if not isinstance(raw, bytes):
+        return None
+    text = raw.decode("latin-1").rstrip("\0 ")  # as convert_UI; UID(...) then strips the value
+    uid = text.strip()
+    written = uid.encode("latin-1")
+    if not uid or "\\" in text or as_written and raw not in (written, written + b"\0"):
+        return None
+    return uid
+
+
 def _raw_text(ds: Dataset, tag: int) -> bytes:
     elem = ds.get_item(tag, keep_deferred=True)
     if elem is None or elem.value is None:
@@ -362,8 +377,8 @@ def _raw_text(ds: Dataset, tag: int) -> bytes:
 def _refuse_unusable(ds: Dataset) -> None:
     sop_class = _raw_text(ds, _SOP_CLASS).decode("latin-1")
     meta = getattr(ds, "file_meta", None)
-    if (sop_class == DICOMDIR_SOP_CLASS or _DIRECTORY_RECORDS in ds
-            or (meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS)):
+    media = None if meta is None else _uid(meta, _MEDIA_SOP_CLASS) or meta.get("MediaStorageSOPClassUID")
+    if sop_class == DICOMDIR_SOP_CLASS or _DIRECTORY_RECORDS in ds or media == DICOMDIR_SOP_CLASS:
         raise DeidError("dicomdir", "a DICOMDIR's references break under de-identification; "
                                     "rebuild it from the de-identified files instead")
     if not sop_class or not _raw_text(ds, _SOP_INSTANCE):
@@ -416,7 +431,10 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
             body._dict.update((elem.tag, elem) for elem in markers)
         else:  # pydicom sets a value into an element already there, which keeps its VR and length form
             mark(body, profile)
-        meta = raw_file_meta(body.SOPClassUID, body.SOPInstanceUID, syntax) or file_meta_for(body, syntax)
+        sop_class, sop_instance = _uid(body, _SOP_CLASS, True), _uid(body, _SOP_INSTANCE, True)
+        if sop_class is None or sop_instance is None:
+            sop_class, sop_instance = body.SOPClassUID, body.SOPInstanceUID
+        meta = raw_file_meta(sop_class, sop_instance, syntax) or file_meta_for(body, syntax)
     except DeidError:
         raise
     except RecursionError as exc:

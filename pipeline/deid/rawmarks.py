@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 from struct import pack
 
+from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import BaseTag
@@ -56,4 +57,7 @@ def raw_file_meta(sop_class: str, sop_instance: str, syntax: UID) -> FileMetaDat
         length += (12 if vr in LONG_VRS else 8) + len(value)
     meta._dict[BaseTag(GROUP_LENGTH)] = RawDataElement(BaseTag(GROUP_LENGTH), "UL", 4, pack("<I", length), 0,
                                                        False, True)
+    # Read as explicit VR little endian, as dcmread's file meta is: pydicom's writer then writes these raw
+    # bytes as they are, rather than converting every element to write it again.
+    meta.set_original_encoding(False, True, default_encoding)
     return meta

@@ -116,14 +116,17 @@ def looks_explicit(data: bytes, pos: int) -> bool:
 _EMPTY_DELIMITERS = (pack("<HHI", 0xFFFE, 0xE00D, 0), pack("<HHI", 0xFFFE, 0xE0DD, 0))
 
 
+# (32-bit length, implicit VR header, explicit VR header) readers by byte order ("<" or ">"), made once: a
+# Reader is made for every sequence the dataset walker reads.
+_UNPACK = {order: tuple(Struct(order + f).unpack_from for f in ("I", "HHI", "HH2sH")) for order in "<>"}
+
+
 class Reader:
     """Strict element headers of one byte string in one byte order, counted against a limit."""
 
     def __init__(self, data: bytes, little: bool = True, limit: int | None = None) -> None:
         self.data = data
-        order = "<" if little else ">"
-        self._u32 = Struct(order + "I").unpack_from
-        self._implicit, self._explicit = (Struct(order + f).unpack_from for f in ("HHI", "HH2sH"))
+        self._u32, self._implicit, self._explicit = _UNPACK["<" if little else ">"]
         self.elements = 0
         self.max_elements = max_elements() if limit is None else limit
 
