@@ -196,3 +196,42 @@ def test_the_result_is_written_as_it_is_held():
     assert all(isinstance(elem, RawDataElement) for elem in out.file_meta._dict.values())
     assert all(isinstance(out._dict[Tag(tag)], RawDataElement) for tag in (0x00080016, 0x00080018))
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID != ds.SOPInstanceUID
+
+
+def test_a_remembered_plan_holds_only_for_the_vr_it_was_read_with():
+    """Plans are remembered by tag across datasets, each with the VR it was read with: a Study Instance
+    UID read as UI is replaced, one stored as LO is removed (no UID to replace), whichever came first."""
+    from pipeline.deid.engine import _plans, deidentify
+
+    def study_as(vr: str) -> pydicom.Dataset:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        value = b"1.2.3.4.5.6.7.8.9\0"
+        ds._dict[Tag(0x0020000D)] = RawDataElement(Tag(0x0020000D), vr, len(value), value, 0, False, True)
+        return ds
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = {}
+        for vr in ("UI", "LO"):
+            _plans.cache_clear()
+            alone[vr] = deidentify(study_as(vr), Profile(), secret=SECRET)
+        assert 0x0020000D in alone["UI"].dataset and 0x0020000D not in alone["LO"].dataset
+        for first, then in (("UI", "LO"), ("LO", "UI")):
+            _plans.cache_clear()
+            deidentify(study_as(first), Profile(), secret=SECRET)
+            after = deidentify(study_as(then), Profile(), secret=SECRET)
+            assert serialize(after.dataset) == serialize(alone[then].dataset), (first, then)
+            assert after.actions == alone[then].actions, (first, then)
+
+
+def test_a_remembered_conformance_verdict_is_per_tag():
+    """Specific Character Set is read as LO ('ISO-IR 100' conforms), any other CS by the CS repertoire
+    (no '-'): a verdict remembered for the same bytes under one tag never answers for another."""
+    from pipeline.deid.structure import conformance, remembered_conformance
+
+    value, charset, modality = b"ISO-IR 100", 0x00080005, 0x00080060
+    for tags in ((charset, modality), (modality, charset)):
+        for tag in tags:
+            assert remembered_conformance(tag, "CS", value) == conformance(tag, "CS", value)
+    assert remembered_conformance(charset, "CS", value) is None
+    assert remembered_conformance(modality, "CS", value) is not None

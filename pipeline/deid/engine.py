@@ -51,7 +51,7 @@ from .profile import Profile, resolve
 from .rawitems import CHARSET, encode_items, read_items, sequence
 from .rawmarks import raw_file_meta, raw_markers
 from .rules import action_at, needs_value, placed_tags
-from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance, max_elements
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, max_elements, remembered_conformance
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
@@ -62,10 +62,21 @@ _MEDIA_SOP_CLASS = 0x00020002
 MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
 
 
+class _Plan(NamedTuple):
+    """What is done to a public raw element whose action does not depend on its place."""
+
+    read: str | None  # the VR as read (None in implicit VR): the plan holds only for it
+    vr: str
+    action: str
+    op: str
+    kept: tuple[int, str, str]  # its key in the actions count when output
+    dropped: tuple[int, str, str]  # and when not (a kept value that does not conform)
+
+
 @cache
-def _plans(profile: Profile) -> dict[tuple[int, str | None, str], tuple[str, str, str]]:
-    """(VR, action, operation) of public raw elements whose action does not depend on their place, by
-    (tag, VR as read, the enclosing sequence's operation), filled as they are met."""
+def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
+    """Plans by the enclosing sequence's operation and tag, filled as they are met (the last VR read
+    for a tag wins)."""
     return {}
 
 
@@ -110,15 +121,16 @@ class _Walk:
         overlays = False
         content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
         values = self._content_item(source) if content_item else {}
-        plans, seen, charset = self.plans, self.seen, self.charset
-        note, keep = self.guard.note, self.guard.keep
-        implicit, little = self.encoding
+        plans = self.plans.get(inner)
+        if plans is None:
+            plans = self.plans[inner] = {}
+        seen, charset, note, keep = self.seen, self.charset, self.guard.note, self.guard.keep
         for tag, elem in source.items():
             tag = int(tag)  # plain ints compare at C speed in the plans' keys
             raw = elem.__class__ is RawDataElement
-            plan = plans.get((tag, elem.VR, inner)) if raw and tag not in values else None
-            if plan is not None:
-                vr, action, op = plan
+            plan = plans.get(tag) if raw and tag not in values else None
+            if plan is not None and plan.read == elem.VR:
+                _, vr, action, op, kept, dropped = plan
                 counted = tag
             else:
                 if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters, zero padding
@@ -136,16 +148,21 @@ class _Walk:
                 else:
                     action, text, counted = action_at(tag, self.profile, self.iod, path), inner, tag
                 op = operation(action, vr, text, self.shifting, tag)
+                kept, dropped = (counted, action, op), (counted, action, DROP)
                 # By tag alone; never tag 0, which zero padding also reads as (skipped above, unplanned).
                 if raw and tag and not tag >> 16 & 1 and tag not in values and tag not in self.placed:
                     if len(plans) > MAX_PLANS:
                         plans.clear()
-                    plans[tag, elem.VR, inner] = vr, action, op
+                    plans[tag] = _Plan(elem.VR, vr, action, op, kept, dropped)
             value = elem.value
             if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
                 new = self._conforming(elem, vr, tag)
                 if new is not None:
                     keep(tag, vr, value)
+                    seen[kept] = seen.get(kept, 0) + 1
+                    out[tag] = new
+                else:
+                    seen[dropped] = seen.get(dropped, 0) + 1
             else:
                 if op == NEW_UIDS:
                     op = settled(_text(elem))
@@ -155,10 +172,10 @@ class _Walk:
                                          needs_value(self.iod, tag, path)))
                 if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                     note(tag, op, vr, partial(element_value, elem, charset))
-            key = (counted, action, DROP if new is None else op)
-            seen[key] = seen.get(key, 0) + 1
-            if new is not None:
-                out[tag] = new
+                key = (counted, action, DROP if new is None else op)
+                seen[key] = seen.get(key, 0) + 1
+                if new is not None:
+                    out[tag] = new
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlays = True
         if private is not None:
@@ -267,7 +284,7 @@ class _Walk:
         if elem.length != UNDEFINED and len(elem.value) != elem.length:
             raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
                                          f"{elem.length} bytes")
-        problem = conformance(tag, vr, elem.value)
+        problem = remembered_conformance(tag, vr, elem.value)
         if problem is None:
             implicit, little = self.encoding
             if len(elem.value) % 2 or elem.is_implicit_VR != implicit or elem.is_little_endian != little:

@@ -108,6 +108,24 @@ def conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] 
     return nonconforming(vr, raw, multiplicity(tag) if vr in BINARY_VRS else None)  # VM counts binary values
 
 
+MAX_VERDICTS, MAX_REMEMBERED = 4096, 64  # bounded: ~1 MB
+_verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
+
+
+def remembered_conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] | None:
+    """`conformance`, remembered for short public values: most repeat from object to object (private
+    tags are countless, so never remembered). The verdict depends on nothing but the key."""
+    if len(raw) > MAX_REMEMBERED or tag >> 16 & 1:
+        return conformance(tag, vr, raw)
+    key = (tag, vr, bytes(raw))
+    verdict = _verdicts.get(key, False)
+    if verdict is False:
+        if len(_verdicts) >= MAX_VERDICTS:
+            _verdicts.clear()
+        verdict = _verdicts[key] = conformance(tag, vr, raw)
+    return verdict
+
+
 def looks_explicit(data: bytes, pos: int) -> bool:
     """pydicom's own test for which VR encoding a dataset uses: are bytes 4-5 two capitals?"""
     return pos + 6 <= len(data) and 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B
