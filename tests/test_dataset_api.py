@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from io import BytesIO
 from pathlib import Path
+from struct import pack
 
 import pydicom
 import pytest
@@ -235,3 +236,34 @@ def test_a_remembered_conformance_verdict_is_per_tag():
             assert remembered_conformance(tag, "CS", value) == conformance(tag, "CS", value)
     assert remembered_conformance(charset, "CS", value) is None
     assert remembered_conformance(modality, "CS", value) is not None
+
+
+def test_items_kept_as_read_are_their_bytes_as_encoded(datasets):
+    """An item `read_items` offers verbatim is byte for byte what `encode_items` writes of its elements."""
+    offered = 0
+    for path, ds in datasets:
+        for elem in raw_sequences(ds):
+            verbatim: list = []
+            items = read_items(elem.value, elem.is_implicit_VR, 0, None, verbatim)
+            if not items:
+                continue
+            assert len(verbatim) == len(items), path
+            for item, raw in zip(items, verbatim, strict=True):
+                if raw is not None:
+                    assert encode_items([item], elem.is_implicit_VR, True, ["iso8859"], "iso8859") == \
+                        encode_items([item], elem.is_implicit_VR, True, ["iso8859"], "iso8859", [raw]), path
+                    offered += 1
+    assert offered >= 20
+
+
+def test_an_item_whose_header_bytes_would_change_is_encoded_again():
+    """A long VR header with nonzero reserved bytes is written with zeros, as pydicom writes it: such an
+    item is not copied as it was read."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    lut = b"\x28\x00\x01\x12OW\x01\x00" + pack("<I", 4) + b"\x01\x02\x03\x04"  # Red Palette LUT Data
+    item = b"\xfe\xff\x00\xe0" + pack("<I", len(lut)) + lut
+    tag = Tag(0x00082218)  # Anatomic Region Sequence, kept and walked
+    ds._dict[tag] = RawDataElement(tag, "SQ", len(item), item, 0, False, True)
+    data = serialize(apply(ds, secret=SECRET)[0])
+    assert b"\x28\x00\x01\x12OW\x00\x00" + pack("<I", 4) + b"\x01\x02\x03\x04" in data
+    assert b"OW\x01\x00" not in data

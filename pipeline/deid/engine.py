@@ -85,6 +85,7 @@ class _Walked(NamedTuple):
 
     tag: int
     items: list[dict[int, Any]]
+    verbatim: list[bytes | None]  # per item, its bytes where every element was kept as read (`rawitems`)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class _Walk:
     seen: Counter = field(default_factory=Counter)  # (tag, action, what was done) -> how often
 
     def __post_init__(self) -> None:
+        self.whole = False  # whether the last `items` output every element as it was read
         self.plans = _plans(self.profile)
         self.placed = placed_tags(self.profile)
         self.shifting = shifting_dates(self.profile)
@@ -125,6 +127,9 @@ class _Walk:
         if plans is None:
             plans = self.plans[inner] = {}
         seen, charset, note, keep = self.seen, self.charset, self.guard.note, self.guard.keep
+        implicit, little = self.encoding
+        conforming = remembered_conformance
+        same = 0  # elements output as they were read
         for tag, elem in source.items():
             tag = int(tag)  # plain ints compare at C speed in the plans' keys
             raw = elem.__class__ is RawDataElement
@@ -156,11 +161,17 @@ class _Walk:
                     plans[tag] = _Plan(elem.VR, vr, action, op, kept, dropped)
             value = elem.value
             if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
-                new = self._conforming(elem, vr, tag)
+                length = elem.length
+                if (length == len(value) and not length % 2 and elem.is_implicit_VR == implicit
+                        and elem.is_little_endian == little and conforming(tag, vr, value) is None):
+                    new = elem  # whole, even, valid and in the output's encoding: see `_conforming`
+                else:
+                    new = self._conforming(elem, vr, tag)
                 if new is not None:
                     keep(tag, vr, value)
                     seen[kept] = seen.get(kept, 0) + 1
                     out[tag] = new
+                    same += new is elem
                 else:
                     seen[dropped] = seen.get(dropped, 0) + 1
             else:
@@ -185,6 +196,7 @@ class _Walk:
             for group in orphaned_overlay_groups(source.keys(), out.keys()):
                 for tag in [t for t in out if t >> 16 == group]:
                     del out[tag]
+        self.whole = same == len(source) == len(out)
         return out
 
     def _element(self, elem, vr: str, op: str, depth: int, path: tuple[int, ...]):
@@ -253,13 +265,15 @@ class _Walk:
 
     def _encoded(self, walked: _Walked, encodings: list[str]) -> RawDataElement:
         implicit, little = self.encoding
-        for item in walked.items:
+        for i, item in enumerate(walked.items):
+            if walked.verbatim and walked.verbatim[i] is not None:
+                continue  # its elements as read: no walked sequence among them
             inner = _encodings(item.get(CHARSET), encodings)
             for tag, elem in item.items():
                 if elem.__class__ is _Walked:
                     item[tag] = self._encoded(elem, inner)
-        return sequence(walked.tag, encode_items(walked.items, implicit, little, encodings, self.charset),
-                        implicit, little)
+        return sequence(walked.tag, encode_items(walked.items, implicit, little, encodings, self.charset,
+                                                 walked.verbatim), implicit, little)
 
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
@@ -304,26 +318,35 @@ class _Walk:
                                     ((concept, CODING_SCHEME), (concept, CODE_VALUE), (item, VALUE_TYPE)))
         return value_actions(scheme, code, value_type, self.profile)
 
-    def _source_items(self, elem) -> list[Mapping[int, Any]]:
+    def _source_items(self, elem, verbatim: list[bytes | None] | None = None) -> list[Mapping[int, Any]]:
         """The items of an input sequence (tag -> element each), read without changing the input:
-        from the raw bytes where pydicom would read them plainly, else by pydicom."""
+        from the raw bytes where pydicom would read them plainly (then `verbatim`, if given, is filled
+        as `read_items` fills it), else by pydicom."""
         if elem is None:
             return []
         if isinstance(elem, RawDataElement):
             untyped = elem.VR == "UN"  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
             if isinstance(elem.value, bytes) and (untyped or elem.is_little_endian):
                 found = read_items(elem.value, elem.is_implicit_VR or untyped,
-                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements)
+                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements,
+                                   verbatim)
                 if found is not None:
                     return found
+                if verbatim:
+                    verbatim.clear()  # filled for the items read before the irregular one
             if untyped:
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
         return [item._dict for item in elem.value or []]
 
     def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> _Walked:
-        return _Walked(int(elem.tag), [self.items(item, depth + 1, inner, path)
-                                       for item in self._source_items(elem)])
+        verbatim: list[bytes | None] = []
+        walked = []
+        for i, item in enumerate(self._source_items(elem, verbatim)):
+            walked.append(self.items(item, depth + 1, inner, path))
+            if verbatim and not self.whole:
+                verbatim[i] = None
+        return _Walked(int(elem.tag), walked, verbatim)
 
 
 def _encodings(charset_elem, inherited: list[str]) -> list[str]:
