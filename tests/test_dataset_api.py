@@ -267,3 +267,43 @@ def test_an_item_whose_header_bytes_would_change_is_encoded_again():
     data = serialize(apply(ds, secret=SECRET)[0])
     assert b"\x28\x00\x01\x12OW\x00\x00" + pack("<I", 4) + b"\x01\x02\x03\x04" in data
     assert b"OW\x01\x00" not in data
+
+
+def test_a_deep_copy_of_the_file_meta_is_independent():
+    """pydicom's writer deep-copies the file meta; the copy shares only raw elements (immutable): setting,
+    deleting or converting an element in one never shows in the other."""
+    from copy import deepcopy
+
+    out, _ = apply(pydicom.dcmread(get_testdata_file("CT_small.dcm")), secret=SECRET)
+    meta = out.file_meta
+    assert meta.ImplementationVersionName  # converted in place: a DataElement from now on
+    copied = deepcopy(meta)
+    assert copied._dict[Tag(0x00020000)] is meta._dict[Tag(0x00020000)]  # raw: shared, being immutable
+    assert copied._dict[Tag(0x00020013)] is not meta._dict[Tag(0x00020013)]
+    assert copied == meta and type(copied) is type(meta) and copied.__dict__.keys() == meta.__dict__.keys()
+    before = [(elem.tag, elem.VR, elem.value) for elem in meta]
+    copied.ImplementationVersionName, copied.MediaStorageSOPInstanceUID = "OTHER", "2.25.1"
+    copied._dict[Tag(0x00020013)].value = "CHANGED"
+    del copied[0x00020001]
+    assert [(elem.tag, elem.VR, elem.value) for elem in meta] == before
+    assert meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
+def test_file_meta_parts_remembered_per_class_and_syntax_serve_only_those():
+    """The file meta's fixed elements are made once per SOP class and transfer syntax: objects of other
+    classes and syntaxes, processed in between, still get their own, and each its own SOP instance."""
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "MR_small_implicit.dcm", "CT_small.dcm"]
+    seen = set()
+    for name in names:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        out, _ = apply(ds, secret=SECRET)
+        meta = out.file_meta
+        assert meta.MediaStorageSOPClassUID == ds.SOPClassUID == out.SOPClassUID, name
+        assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID, name
+        assert meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID, name
+        seen.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
+        data = serialize(out)  # the group length ends the file meta where the data set begins
+        end = 144 + int.from_bytes(data[140:144], "little")
+        assert data[end - 24:end - 7] == b"\x02\x00\x13\x00SH\x10\x00DICOMDEID", name  # the last, then
+        assert data[end:end + 2] != b"\x02\x00", name  # no other file meta element
+    assert len(seen) >= 3

@@ -59,6 +59,7 @@ _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x000412
 _MEDIA_SOP_CLASS = 0x00020002
 
 
+_PENDING = object()  # where cleaned text goes once the whole walk is done (`_Walk.clean`)
 MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
 
 
@@ -226,7 +227,7 @@ class _Walk:
         if op == BLANK:
             return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op == CLEAN:  # a placeholder until the whole walk has said what identifies: see `clean`
-            return DataElement(tag, vr, "")
+            return _PENDING
         return None
 
     def _new(self, tag: BaseTag, vr: str, value: bytes, pad: bytes = b" ") -> RawDataElement:
