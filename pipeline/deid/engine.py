@@ -141,7 +141,7 @@ class _Walk:
             else:
                 if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters, zero padding
                     continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
-                vr = _vr(elem)
+                vr = _known_vr(tag, elem.VR)  # `_vr`, by the plain int tag (cached by it)
                 if tag >> 16 & 1:
                     private = private or PrivateBlocks(self.profile)
                     if not private.keeps(tag, lambda e=elem: _text(e)):
@@ -370,10 +370,15 @@ def _dummy_value(vr: str) -> bytes:
 
 def _vr(elem) -> str:
     """The element's VR, with UN and implicit VR read from the data dictionary."""
-    vr = elem.VR
+    return _known_vr(elem.tag, elem.VR)
+
+
+@lru_cache(maxsize=8192)
+def _known_vr(tag: int, vr: str | None) -> str:
+    """`_vr` by tag and VR read, looked up once (a private tag's KeyError costs as much as the walk)."""
     if vr in (None, "UN"):
         try:
-            return concrete_vr(dictionary_VR(elem.tag))
+            return concrete_vr(dictionary_VR(tag))
         except KeyError:
             return vr or "UN"
     return concrete_vr(vr)
