@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from io import BytesIO
 from pathlib import Path
+from struct import pack
 
 import pydicom
 import pytest
@@ -180,3 +181,129 @@ def test_zero_padding_is_skipped_after_a_real_tag_zero_element():
         _plans.cache_clear()
         deidentify(first, Profile(), secret=SECRET)
         assert deidentify(padded, Profile(), secret=SECRET).actions == alone
+
+
+def test_the_result_is_written_as_it_is_held():
+    """pydicom's writer writes the result's file meta and its SOP UIDs as the raw bytes they are held
+    in: converting them (as it does for a dataset whose encoding it does not know) costs the write
+    time and may encode them otherwise."""
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    out, _ = apply(ds, secret=SECRET)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, out.file_meta)  # in place, not on a copy as save_as does
+    assert all(isinstance(elem, RawDataElement) for elem in out.file_meta._dict.values())
+    assert all(isinstance(out._dict[Tag(tag)], RawDataElement) for tag in (0x00080016, 0x00080018))
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID != ds.SOPInstanceUID
+
+
+def test_a_remembered_plan_holds_only_for_the_vr_it_was_read_with():
+    """Plans are remembered by tag across datasets, each with the VR it was read with: a Study Instance
+    UID read as UI is replaced, one stored as LO is removed (no UID to replace), whichever came first."""
+    from pipeline.deid.engine import _plans, deidentify
+
+    def study_as(vr: str) -> pydicom.Dataset:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        value = b"1.2.3.4.5.6.7.8.9\0"
+        ds._dict[Tag(0x0020000D)] = RawDataElement(Tag(0x0020000D), vr, len(value), value, 0, False, True)
+        return ds
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = {}
+        for vr in ("UI", "LO"):
+            _plans.cache_clear()
+            alone[vr] = deidentify(study_as(vr), Profile(), secret=SECRET)
+        assert 0x0020000D in alone["UI"].dataset and 0x0020000D not in alone["LO"].dataset
+        for first, then in (("UI", "LO"), ("LO", "UI")):
+            _plans.cache_clear()
+            deidentify(study_as(first), Profile(), secret=SECRET)
+            after = deidentify(study_as(then), Profile(), secret=SECRET)
+            assert serialize(after.dataset) == serialize(alone[then].dataset), (first, then)
+            assert after.actions == alone[then].actions, (first, then)
+
+
+def test_a_remembered_conformance_verdict_is_per_tag():
+    """Specific Character Set is read as LO ('ISO-IR 100' conforms), any other CS by the CS repertoire
+    (no '-'): a verdict remembered for the same bytes under one tag never answers for another."""
+    from pipeline.deid.structure import conformance, remembered_conformance
+
+    value, charset, modality = b"ISO-IR 100", 0x00080005, 0x00080060
+    for tags in ((charset, modality), (modality, charset)):
+        for tag in tags:
+            assert remembered_conformance(tag, "CS", value) == conformance(tag, "CS", value)
+    assert remembered_conformance(charset, "CS", value) is None
+    assert remembered_conformance(modality, "CS", value) is not None
+
+
+def test_items_kept_as_read_are_their_bytes_as_encoded(datasets):
+    """An item `read_items` offers verbatim is byte for byte what `encode_items` writes of its elements."""
+    offered = 0
+    for path, ds in datasets:
+        for elem in raw_sequences(ds):
+            verbatim: list = []
+            items = read_items(elem.value, elem.is_implicit_VR, 0, None, verbatim)
+            if not items:
+                continue
+            assert len(verbatim) == len(items), path
+            for item, raw in zip(items, verbatim, strict=True):
+                if raw is not None:
+                    assert encode_items([item], elem.is_implicit_VR, True, ["iso8859"], "iso8859") == \
+                        encode_items([item], elem.is_implicit_VR, True, ["iso8859"], "iso8859", [raw]), path
+                    offered += 1
+    assert offered >= 20
+
+
+def test_an_item_whose_header_bytes_would_change_is_encoded_again():
+    """A long VR header with nonzero reserved bytes is written with zeros, as pydicom writes it: such an
+    item is not copied as it was read."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    lut = b"\x28\x00\x01\x12OW\x01\x00" + pack("<I", 4) + b"\x01\x02\x03\x04"  # Red Palette LUT Data
+    item = b"\xfe\xff\x00\xe0" + pack("<I", len(lut)) + lut
+    tag = Tag(0x00082218)  # Anatomic Region Sequence, kept and walked
+    ds._dict[tag] = RawDataElement(tag, "SQ", len(item), item, 0, False, True)
+    data = serialize(apply(ds, secret=SECRET)[0])
+    assert b"\x28\x00\x01\x12OW\x00\x00" + pack("<I", 4) + b"\x01\x02\x03\x04" in data
+    assert b"OW\x01\x00" not in data
+
+
+def test_a_deep_copy_of_the_file_meta_is_independent():
+    """pydicom's writer deep-copies the file meta; the copy shares only raw elements (immutable): setting,
+    deleting or converting an element in one never shows in the other."""
+    from copy import deepcopy
+
+    out, _ = apply(pydicom.dcmread(get_testdata_file("CT_small.dcm")), secret=SECRET)
+    meta = out.file_meta
+    assert meta.ImplementationVersionName  # converted in place: a DataElement from now on
+    copied = deepcopy(meta)
+    assert copied._dict[Tag(0x00020000)] is meta._dict[Tag(0x00020000)]  # raw: shared, being immutable
+    assert copied._dict[Tag(0x00020013)] is not meta._dict[Tag(0x00020013)]
+    assert copied == meta and type(copied) is type(meta) and copied.__dict__.keys() == meta.__dict__.keys()
+    before = [(elem.tag, elem.VR, elem.value) for elem in meta]
+    copied.ImplementationVersionName, copied.MediaStorageSOPInstanceUID = "OTHER", "2.25.1"
+    copied._dict[Tag(0x00020013)].value = "CHANGED"
+    del copied[0x00020001]
+    assert [(elem.tag, elem.VR, elem.value) for elem in meta] == before
+    assert meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
+def test_file_meta_parts_remembered_per_class_and_syntax_serve_only_those():
+    """The file meta's fixed elements are made once per SOP class and transfer syntax: objects of other
+    classes and syntaxes, processed in between, still get their own, and each its own SOP instance."""
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "MR_small_implicit.dcm", "CT_small.dcm"]
+    seen = set()
+    for name in names:
+        ds = pydicom.dcmread(get_testdata_file(name))
+        out, _ = apply(ds, secret=SECRET)
+        meta = out.file_meta
+        assert meta.MediaStorageSOPClassUID == ds.SOPClassUID == out.SOPClassUID, name
+        assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID, name
+        assert meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID, name
+        seen.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
+        data = serialize(out)  # the group length ends the file meta where the data set begins
+        end = 144 + int.from_bytes(data[140:144], "little")
+        assert data[end - 24:end - 7] == b"\x02\x00\x13\x00SH\x10\x00DICOMDEID", name  # the last, then
+        assert data[end:end + 2] != b"\x02\x00", name  # no other file meta element
+    assert len(seen) >= 3

@@ -51,20 +51,33 @@ from .profile import Profile, resolve
 from .rawitems import CHARSET, encode_items, read_items, sequence
 from .rawmarks import raw_file_meta, raw_markers
 from .rules import action_at, needs_value, placed_tags
-from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, conformance, max_elements
+from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, max_elements, remembered_conformance
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+_MEDIA_SOP_CLASS = 0x00020002
 
 
+_PENDING = object()  # where cleaned text goes once the whole walk is done (`_Walk.clean`)
 MAX_PLANS = 65536  # bounded: a file of many distinct tags must not grow memory for good
 
 
+class _Plan(NamedTuple):
+    """What is done to a public raw element whose action does not depend on its place."""
+
+    read: str | None  # the VR as read (None in implicit VR): the plan holds only for it
+    vr: str
+    action: str
+    op: str
+    kept: tuple[int, str, str]  # its key in the actions count when output
+    dropped: tuple[int, str, str]  # and when not (a kept value that does not conform)
+
+
 @cache
-def _plans(profile: Profile) -> dict[tuple[int, str | None, str], tuple[str, str, str]]:
-    """(VR, action, operation) of public raw elements whose action does not depend on their place, by
-    (tag, VR as read, the enclosing sequence's operation), filled as they are met."""
+def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
+    """Plans by the enclosing sequence's operation and tag, filled as they are met (the last VR read
+    for a tag wins)."""
     return {}
 
 
@@ -73,6 +86,7 @@ class _Walked(NamedTuple):
 
     tag: int
     items: list[dict[int, Any]]
+    verbatim: list[bytes | None]  # per item, its bytes where every element was kept as read (`rawitems`)
 
 
 @dataclass
@@ -90,6 +104,7 @@ class _Walk:
     seen: Counter = field(default_factory=Counter)  # (tag, action, what was done) -> how often
 
     def __post_init__(self) -> None:
+        self.whole = False  # whether the last `items` output every element as it was read
         self.plans = _plans(self.profile)
         self.placed = placed_tags(self.profile)
         self.shifting = shifting_dates(self.profile)
@@ -109,19 +124,24 @@ class _Walk:
         overlays = False
         content_item = path and path[-1] in ITEM_SEQUENCES and inner == WALK_CLEAN
         values = self._content_item(source) if content_item else {}
-        plans, seen, note, charset = self.plans, self.seen, self.guard.note, self.charset
+        plans = self.plans.get(inner)
+        if plans is None:
+            plans = self.plans[inner] = {}
+        seen, charset, note, keep = self.seen, self.charset, self.guard.note, self.guard.keep
         implicit, little = self.encoding
+        conforming = remembered_conformance
+        same = 0  # elements output as they were read
         for tag, elem in source.items():
             tag = int(tag)  # plain ints compare at C speed in the plans' keys
             raw = elem.__class__ is RawDataElement
-            plan = plans.get((tag, elem.VR, inner)) if raw and tag not in values else None
-            if plan is not None:
-                vr, action, op = plan
+            plan = plans.get(tag) if raw and tag not in values else None
+            if plan is not None and plan.read == elem.VR:
+                _, vr, action, op, kept, dropped = plan
                 counted = tag
             else:
                 if tag >> 16 == 0xFFFE or not tag and elem.value is None:  # stray delimiters, zero padding
                     continue  # read as elements by pydicom: dropped unseen, as the byte walker skips them
-                vr = _vr(elem)
+                vr = _known_vr(tag, elem.VR)  # `_vr`, by the plain int tag (cached by it)
                 if tag >> 16 & 1:
                     private = private or PrivateBlocks(self.profile)
                     if not private.keeps(tag, lambda e=elem: _text(e)):
@@ -134,16 +154,27 @@ class _Walk:
                 else:
                     action, text, counted = action_at(tag, self.profile, self.iod, path), inner, tag
                 op = operation(action, vr, text, self.shifting, tag)
+                kept, dropped = (counted, action, op), (counted, action, DROP)
                 # By tag alone; never tag 0, which zero padding also reads as (skipped above, unplanned).
                 if raw and tag and not tag >> 16 & 1 and tag not in values and tag not in self.placed:
                     if len(plans) > MAX_PLANS:
                         plans.clear()
-                    plans[tag, elem.VR, inner] = vr, action, op
+                    plans[tag] = _Plan(elem.VR, vr, action, op, kept, dropped)
             value = elem.value
             if op == KEEP and raw and value.__class__ is bytes:  # most elements: kept as they are
-                new = self._conforming(elem, vr, tag)
+                length = elem.length
+                if (length == len(value) and not length % 2 and elem.is_implicit_VR == implicit
+                        and elem.is_little_endian == little and conforming(tag, vr, value) is None):
+                    new = elem  # whole, even, valid and in the output's encoding: see `_conforming`
+                else:
+                    new = self._conforming(elem, vr, tag)
                 if new is not None:
-                    note(tag, KEEP, vr, partial(_same, value))
+                    keep(tag, vr, value)
+                    seen[kept] = seen.get(kept, 0) + 1
+                    out[tag] = new
+                    same += new is elem
+                else:
+                    seen[dropped] = seen.get(dropped, 0) + 1
             else:
                 if op == NEW_UIDS:
                     op = settled(_text(elem))
@@ -153,10 +184,10 @@ class _Walk:
                                          needs_value(self.iod, tag, path)))
                 if new is not None or op != KEEP:  # a kept value dropped as non-conforming is not output
                     note(tag, op, vr, partial(element_value, elem, charset))
-            key = (counted, action, DROP if new is None else op)
-            seen[key] = seen.get(key, 0) + 1
-            if new is not None:
-                out[tag] = new
+                key = (counted, action, DROP if new is None else op)
+                seen[key] = seen.get(key, 0) + 1
+                if new is not None:
+                    out[tag] = new
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlays = True
         if private is not None:
@@ -166,6 +197,7 @@ class _Walk:
             for group in orphaned_overlay_groups(source.keys(), out.keys()):
                 for tag in [t for t in out if t >> 16 == group]:
                     del out[tag]
+        self.whole = same == len(source) == len(out)
         return out
 
     def _element(self, elem, vr: str, op: str, depth: int, path: tuple[int, ...]):
@@ -195,7 +227,7 @@ class _Walk:
         if op == BLANK:
             return DataElement(tag, vr, bytes(len(elem.value or b"")))
         if op == CLEAN:  # a placeholder until the whole walk has said what identifies: see `clean`
-            return DataElement(tag, vr, "")
+            return _PENDING
         return None
 
     def _new(self, tag: BaseTag, vr: str, value: bytes, pad: bytes = b" ") -> RawDataElement:
@@ -234,13 +266,15 @@ class _Walk:
 
     def _encoded(self, walked: _Walked, encodings: list[str]) -> RawDataElement:
         implicit, little = self.encoding
-        for item in walked.items:
+        for i, item in enumerate(walked.items):
+            if walked.verbatim and walked.verbatim[i] is not None:
+                continue  # its elements as read: no walked sequence among them
             inner = _encodings(item.get(CHARSET), encodings)
             for tag, elem in item.items():
                 if elem.__class__ is _Walked:
                     item[tag] = self._encoded(elem, inner)
-        return sequence(walked.tag, encode_items(walked.items, implicit, little, encodings, self.charset),
-                        implicit, little)
+        return sequence(walked.tag, encode_items(walked.items, implicit, little, encodings, self.charset,
+                                                 walked.verbatim), implicit, little)
 
     def _keep(self, elem):
         """An element unchanged; its header re-encoded when the output's VR encoding differs."""
@@ -265,7 +299,7 @@ class _Walk:
         if elem.length != UNDEFINED and len(elem.value) != elem.length:
             raise DeidError("truncated", f"element {elem.tag} holds {len(elem.value)} of its "
                                          f"{elem.length} bytes")
-        problem = conformance(tag, vr, elem.value)
+        problem = remembered_conformance(tag, vr, elem.value)
         if problem is None:
             implicit, little = self.encoding
             if len(elem.value) % 2 or elem.is_implicit_VR != implicit or elem.is_little_endian != little:
@@ -285,30 +319,35 @@ class _Walk:
                                     ((concept, CODING_SCHEME), (concept, CODE_VALUE), (item, VALUE_TYPE)))
         return value_actions(scheme, code, value_type, self.profile)
 
-    def _source_items(self, elem) -> list[Mapping[int, Any]]:
+    def _source_items(self, elem, verbatim: list[bytes | None] | None = None) -> list[Mapping[int, Any]]:
         """The items of an input sequence (tag -> element each), read without changing the input:
-        from the raw bytes where pydicom would read them plainly, else by pydicom."""
+        from the raw bytes where pydicom would read them plainly (then `verbatim`, if given, is filled
+        as `read_items` fills it), else by pydicom."""
         if elem is None:
             return []
         if isinstance(elem, RawDataElement):
             untyped = elem.VR == "UN"  # PS3.5 6.2.2: a sequence stored as UN is in implicit VR little endian
             if isinstance(elem.value, bytes) and (untyped or elem.is_little_endian):
                 found = read_items(elem.value, elem.is_implicit_VR or untyped,
-                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements)
+                                   elem.value_tell if elem.length == UNDEFINED else 0, self.max_elements,
+                                   verbatim)
                 if found is not None:
                     return found
+                if verbatim:
+                    verbatim.clear()  # filled for the items read before the irregular one
             if untyped:
                 elem = elem._replace(VR="SQ", is_implicit_VR=True, is_little_endian=True)
             elem = convert_raw_data_element(elem, encoding=self.charset)
         return [item._dict for item in elem.value or []]
 
     def _sequence(self, elem, depth: int, inner: str, path: tuple[int, ...]) -> _Walked:
-        return _Walked(int(elem.tag), [self.items(item, depth + 1, inner, path)
-                                       for item in self._source_items(elem)])
-
-
-def _same(value: bytes) -> bytes:
-    return value
+        verbatim: list[bytes | None] = []
+        walked = []
+        for i, item in enumerate(self._source_items(elem, verbatim)):
+            walked.append(self.items(item, depth + 1, inner, path))
+            if verbatim and not self.whole:
+                verbatim[i] = None
+        return _Walked(int(elem.tag), walked, verbatim)
 
 
 def _encodings(charset_elem, inherited: list[str]) -> list[str]:
@@ -331,10 +370,15 @@ def _dummy_value(vr: str) -> bytes:
 
 def _vr(elem) -> str:
     """The element's VR, with UN and implicit VR read from the data dictionary."""
-    vr = elem.VR
+    return _known_vr(elem.tag, elem.VR)
+
+
+@lru_cache(maxsize=8192)
+def _known_vr(tag: int, vr: str | None) -> str:
+    """`_vr` by tag and VR read, looked up once (a private tag's KeyError costs as much as the walk)."""
     if vr in (None, "UN"):
         try:
-            return concrete_vr(dictionary_VR(elem.tag))
+            return concrete_vr(dictionary_VR(tag))
         except KeyError:
             return vr or "UN"
     return concrete_vr(vr)
@@ -351,6 +395,23 @@ def _text(elem) -> str:
     return "" if value is None else str(value)
 
 
+def _uid(ds: Dataset, tag: int, as_written: bool = False) -> str | None:
+    """A raw single UID as pydicom reads it, without converting the element (which would make pydicom's
+    writer encode it again); None where pydicom must say (absent, converted, several values, other VRs).
+    With `as_written`, only where pydicom writes the converted value as the raw bytes are, so that leaving
+    the element raw changes no output."""
+    elem = ds._dict.get(tag)
+    raw = elem.value if isinstance(elem, RawDataElement) and elem.VR in ("UI", None) else None
+    if not isinstance(raw, bytes):
+        return None
+    text = raw.decode("latin-1").rstrip("\0 ")  # as convert_UI; UID(...) then strips the value
+    uid = text.strip()
+    written = uid.encode("latin-1")
+    if not uid or "\\" in text or as_written and raw not in (written, written + b"\0"):
+        return None
+    return uid
+
+
 def _raw_text(ds: Dataset, tag: int) -> bytes:
     elem = ds.get_item(tag, keep_deferred=True)
     if elem is None or elem.value is None:
@@ -362,8 +423,8 @@ def _raw_text(ds: Dataset, tag: int) -> bytes:
 def _refuse_unusable(ds: Dataset) -> None:
     sop_class = _raw_text(ds, _SOP_CLASS).decode("latin-1")
     meta = getattr(ds, "file_meta", None)
-    if (sop_class == DICOMDIR_SOP_CLASS or _DIRECTORY_RECORDS in ds
-            or (meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS)):
+    media = None if meta is None else _uid(meta, _MEDIA_SOP_CLASS) or meta.get("MediaStorageSOPClassUID")
+    if sop_class == DICOMDIR_SOP_CLASS or _DIRECTORY_RECORDS in ds or media == DICOMDIR_SOP_CLASS:
         raise DeidError("dicomdir", "a DICOMDIR's references break under de-identification; "
                                     "rebuild it from the de-identified files instead")
     if not sop_class or not _raw_text(ds, _SOP_INSTANCE):
@@ -416,7 +477,10 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
             body._dict.update((elem.tag, elem) for elem in markers)
         else:  # pydicom sets a value into an element already there, which keeps its VR and length form
             mark(body, profile)
-        meta = raw_file_meta(body.SOPClassUID, body.SOPInstanceUID, syntax) or file_meta_for(body, syntax)
+        sop_class, sop_instance = _uid(body, _SOP_CLASS, True), _uid(body, _SOP_INSTANCE, True)
+        if sop_class is None or sop_instance is None:
+            sop_class, sop_instance = body.SOPClassUID, body.SOPInstanceUID
+        meta = raw_file_meta(sop_class, sop_instance, syntax) or file_meta_for(body, syntax)
     except DeidError:
         raise
     except RecursionError as exc:

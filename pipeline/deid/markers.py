@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -30,6 +30,7 @@ OPTION_CODES = {
     "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
 }
 PRIVATE_KEPT_NOTE = "Private attributes retained (not a PS3.15 option)"
+_TRANSFER_SYNTAX = 0x00020010
 
 
 @cache
@@ -90,15 +91,20 @@ def file_meta_for(body: Dataset, syntax: UID) -> FileMetaDataset:
     return meta
 
 
+@lru_cache(maxsize=64)
+def _syntax(value: str) -> UID:
+    """A transfer syntax the output can keep, checked once per syntax, not per object."""
+    syntax = UID(value)
+    if not syntax.is_transfer_syntax:
+        raise DeidError("unsupported-transfer-syntax", f"{syntax} is not a transfer syntax pydicom can write")
+    return syntax
+
+
 def transfer_syntax(source: Dataset) -> UID:
     """The output keeps the source's transfer syntax; one without file meta says it by encoding."""
     meta = getattr(source, "file_meta", None)
-    if meta is not None and "TransferSyntaxUID" in meta:
-        syntax = UID(meta.TransferSyntaxUID)
-        if not syntax.is_transfer_syntax:
-            raise DeidError("unsupported-transfer-syntax",
-                            f"{syntax} is not a transfer syntax pydicom can write")
-        return syntax
+    if meta is not None and _TRANSFER_SYNTAX in meta._dict:
+        return _syntax(meta[_TRANSFER_SYNTAX].value)
     implicit, little = source.original_encoding
     if implicit:
         return ImplicitVRLittleEndian

@@ -49,4 +49,6 @@ def resolve(profile: Profile | None, flags: dict[str, bool]) -> Profile:
     unknown = sorted(set(flags) - {*FLAGS, "unlisted"})
     if unknown:
         raise TypeError(f"unknown profile flag(s): {', '.join(unknown)}; known: {', '.join(FLAGS)}")
+    if not flags:  # a frozen profile as it is: no copy to make and check again for every object
+        return profile or basic_profile()
     return replace(profile or basic_profile(), **flags)

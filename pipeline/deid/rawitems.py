@@ -24,17 +24,23 @@ _ITEM_START = pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
 _ITEM_END = pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_END = pack("<HHI", 0xFFFE, 0xE0DD, 0)
 Items = list[dict[int, RawDataElement]]
+# RawDataElement(...) with all its fields given (is_raw, is_buffered last), without the named tuple's own
+# constructor in Python: the dataset walker makes one for every element of every sequence it reads.
+_raw = tuple.__new__
 
 
 class _Irregular(Exception):
     """An encoding pydicom reads its own way (a switch of VR encoding, a stray delimiter)."""
 
 
-def read_items(value: bytes, implicit: bool, offset: int = 0, limit: int | None = None) -> Items | None:
+def read_items(value: bytes, implicit: bool, offset: int = 0, limit: int | None = None,
+               verbatim: list[bytes | None] | None = None) -> Items | None:
     """The items of a little endian sequence value, each as tag -> raw element; None when irregular.
 
     `offset` is where `value` starts in the bytes pydicom would read it from (positions in errors);
-    `limit` the most element headers to read (`structure.max_elements()` when not given)."""
+    `limit` the most element headers to read (`structure.max_elements()` when not given). `verbatim`,
+    if given, receives for each item its elements' bytes where `encode_items` would write each of
+    them so again were they all kept as read, else None."""
     reader = Reader(value, True, limit)
     items: Items = []
     pos, end = 0, len(value)
@@ -43,16 +49,20 @@ def read_items(value: bytes, implicit: bool, offset: int = 0, limit: int | None 
             tag, _, start, stop = reader.read_header(pos, True, end)
             if tag != ITEM:
                 return None
-            item, pos = _item(reader, start, stop, implicit, offset)
+            item, pos, plain = _item(reader, start, stop, implicit, offset)
             items.append(item)
+            if verbatim is not None:
+                verbatim.append(value[start:pos if stop is not None else pos - 8] if plain else None)
     except (DeidError, _Irregular):
         return None
     return items
 
 
 def _item(reader: Reader, pos: int, limit: int | None, implicit: bool,
-          offset: int) -> tuple[dict[int, RawDataElement], int]:
-    """One item's elements and where the next item starts (past the delimiter when undefined)."""
+          offset: int) -> tuple[dict[int, RawDataElement], int, bool]:
+    """One item's elements, where the next item starts (past the delimiter when undefined), and whether
+    its elements' bytes are what `_element` writes of each: no header with nonzero reserved bytes, no
+    sequence, Pixel Data, group length, Specific Character Set or private element (written by pydicom)."""
     data = reader.data
     end = len(data) if limit is None else limit
     if (not implicit and pos < end and not looks_explicit(data, pos)
@@ -60,14 +70,19 @@ def _item(reader: Reader, pos: int, limit: int | None, implicit: bool,
         raise _Irregular  # implicit VR items in an explicit VR sequence: pydicom switches
     elements: dict[int, RawDataElement] = {}
     last = -1
+    plain = True
     while pos < end:
         tag, vr, start, stop = reader.read_header(pos, implicit, end)
         if tag == ITEM_END and limit is None:
-            return elements, start
+            return elements, start, plain
         if tag >> 16 == 0xFFFE or tag <= last:
             raise _Irregular
         last = tag
+        if plain and (tag >> 16 & 1 or not tag & 0xFFFF or tag in (CHARSET, PIXEL_DATA)
+                      or start - pos == 12 and data[pos + 6:pos + 8] != b"\0\0"):
+            plain = False
         if stop is None:  # an undefined length: a sequence, kept as its items' bytes
+            plain = False
             if tag == PIXEL_DATA or vr not in (None, "SQ", "UN"):
                 raise _Irregular
             reader.undefined(pos, tag, vr)
@@ -80,11 +95,12 @@ def _item(reader: Reader, pos: int, limit: int | None, implicit: bool,
             pos = after
             continue
         value = data[start:stop] if stop > start else empty_value_for_VR(vr, raw=True)
-        elements[tag] = RawDataElement(BaseTag(tag), vr, stop - start, value, offset + start, implicit, True)
+        elements[tag] = _raw(RawDataElement, (BaseTag(tag), vr, stop - start, value, offset + start, implicit,
+                                              True, True, False))
         pos = stop
     if limit is None:
         raise _Irregular
-    return elements, pos
+    return elements, pos, plain
 
 
 def sequence(tag: int, items: bytes, implicit: bool, little: bool) -> RawDataElement:
@@ -94,14 +110,19 @@ def sequence(tag: int, items: bytes, implicit: bool, little: bool) -> RawDataEle
 
 
 def encode_items(items: list[dict[int, object]], implicit: bool, little: bool,
-                 encodings: list[str], charset: str | list[str] | None) -> bytes:
+                 encodings: list[str], charset: str | list[str] | None,
+                 verbatim: list[bytes | None] | None = None) -> bytes:
     """Walked items as pydicom writes undefined-length items of datasets holding these elements.
 
     An item with private elements or its own Specific Character Set, and any big endian output, is
     written by pydicom itself through a dataset, as it was before, since pydicom converts such
-    elements on the way."""
+    elements on the way. `verbatim[i]`, where not None, is item i's elements as bytes already (each
+    element kept as `read_items` read it: see there)."""
     out: list[bytes] = []
-    for elements in items:
+    for i, elements in enumerate(items):
+        if verbatim and verbatim[i] is not None:
+            out += (_ITEM_START, verbatim[i], _ITEM_END)
+            continue
         if not little or CHARSET in elements or any(tag >> 16 & 1 for tag in elements):
             out.append(_through_pydicom(elements, implicit, little, encodings, charset))
             continue

@@ -65,10 +65,10 @@ from .structure import (
     TRANSFER_SYNTAX,
     UNDEFINED,
     Reader,
-    conformance,
     contradiction,
     looks_explicit,
     malformed,
+    remembered_conformance,
 )
 from .structured import STRUCTURED_SEQUENCES
 from .values import SPACE_PADDED, concrete_vr, dummy, shift
@@ -199,24 +199,6 @@ def _plans(profile: Profile) -> dict[str, dict[int, _Plan]]:
     """Plans by the enclosing sequence's operation and tag, filled as they are met (the last VR read
     for a tag wins)."""
     return {}
-
-
-MAX_VERDICTS, MAX_REMEMBERED = 4096, 64  # bounded: ~1 MB
-_verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
-
-
-def _conformance(tag: int, vr: str, raw: memoryview) -> tuple[bool, str] | None:
-    """`structure.conformance`, remembered for short public values: most repeat from object to object
-    (private tags are countless, so never remembered)."""
-    if len(raw) > MAX_REMEMBERED or tag >> 16 & 1:
-        return conformance(tag, vr, raw)
-    key = (tag, vr, raw.tobytes())
-    verdict = _verdicts.get(key, False)
-    if verdict is False:
-        if len(_verdicts) >= MAX_VERDICTS:
-            _verdicts.clear()
-        verdict = _verdicts[key] = conformance(tag, vr, raw)
-    return verdict
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -456,7 +438,7 @@ class _Stream(Reader):
                 counted = (counted[0], action, op)
             if op == KEEP and stop is not None:  # most elements: kept as they are (never a sequence)
                 value, after = view[start:stop], stop
-                if problem := _conformance(tag, known, value):
+                if problem := remembered_conformance(tag, known, value):
                     if problem[0]:
                         raise malformed(pos, f"{name(tag)}: {problem[1]}")
                     key = (counted[0], action, DROP)  # a value that does not conform is not output

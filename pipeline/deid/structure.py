@@ -108,6 +108,24 @@ def conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] 
     return nonconforming(vr, raw, multiplicity(tag) if vr in BINARY_VRS else None)  # VM counts binary values
 
 
+MAX_VERDICTS, MAX_REMEMBERED = 4096, 64  # bounded: ~1 MB
+_verdicts: dict[tuple[int, str, bytes], tuple[bool, str] | None] = {}
+
+
+def remembered_conformance(tag: int, vr: str, raw: bytes | memoryview) -> tuple[bool, str] | None:
+    """`conformance`, remembered for short public values: most repeat from object to object (private
+    tags are countless, so never remembered). The verdict depends on nothing but the key."""
+    if len(raw) > MAX_REMEMBERED or tag >> 16 & 1:
+        return conformance(tag, vr, raw)
+    key = (tag, vr, bytes(raw))
+    verdict = _verdicts.get(key, False)
+    if verdict is False:
+        if len(_verdicts) >= MAX_VERDICTS:
+            _verdicts.clear()
+        verdict = _verdicts[key] = conformance(tag, vr, raw)
+    return verdict
+
+
 def looks_explicit(data: bytes, pos: int) -> bool:
     """pydicom's own test for which VR encoding a dataset uses: are bytes 4-5 two capitals?"""
     return pos + 6 <= len(data) and 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B
@@ -116,14 +134,17 @@ def looks_explicit(data: bytes, pos: int) -> bool:
 _EMPTY_DELIMITERS = (pack("<HHI", 0xFFFE, 0xE00D, 0), pack("<HHI", 0xFFFE, 0xE0DD, 0))
 
 
+# (32-bit length, implicit VR header, explicit VR header) readers by byte order ("<" or ">"), made once: a
+# Reader is made for every sequence the dataset walker reads.
+_UNPACK = {order: tuple(Struct(order + f).unpack_from for f in ("I", "HHI", "HH2sH")) for order in "<>"}
+
+
 class Reader:
     """Strict element headers of one byte string in one byte order, counted against a limit."""
 
     def __init__(self, data: bytes, little: bool = True, limit: int | None = None) -> None:
         self.data = data
-        order = "<" if little else ">"
-        self._u32 = Struct(order + "I").unpack_from
-        self._implicit, self._explicit = (Struct(order + f).unpack_from for f in ("HHI", "HH2sH"))
+        self._u32, self._implicit, self._explicit = _UNPACK["<" if little else ">"]
         self.elements = 0
         self.max_elements = max_elements() if limit is None else limit
 
