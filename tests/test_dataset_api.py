@@ -307,3 +307,23 @@ def test_file_meta_parts_remembered_per_class_and_syntax_serve_only_those():
         assert data[end - 24:end - 7] == b"\x02\x00\x13\x00SH\x10\x00DICOMDEID", name  # the last, then
         assert data[end:end + 2] != b"\x02\x00", name  # no other file meta element
     assert len(seen) >= 3
+
+
+def test_a_file_meta_group_length_that_swallows_elements_is_refused_by_both_walkers():
+    """pydicom reads a File Meta Information Group Length of 52 bytes leniently (the next two elements become
+    its values); the byte walker refuses the file as malformed, and the dataset walker agrees."""
+    from pipeline.deid.stream import deidentify_bytes
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    swallowing = data[:138] + pack("<H", 4 + 14 + 34) + data[140:]  # its own 4 bytes, then (0002,0001-2)
+    with pytest.raises(DeidError) as by_bytes:
+        deidentify_bytes(swallowing, Profile(), secret=SECRET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(BytesIO(swallowing), force=True)
+    with pytest.raises(DeidError) as by_dataset:
+        apply(ds, secret=SECRET)
+    assert by_bytes.value.reason == by_dataset.value.reason == "malformed"
+    assert "File Meta Information Group Length of 52 bytes, not 4" in by_dataset.value.detail
+    apply(pydicom.dcmread(get_testdata_file("CT_small.dcm")), secret=SECRET)  # a plain one is no refusal

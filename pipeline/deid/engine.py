@@ -56,6 +56,7 @@ from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES,
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
+_META_GROUP_LENGTH = 0x00020000
 _MEDIA_SOP_CLASS = 0x00020002
 
 
@@ -423,6 +424,7 @@ def _raw_text(ds: Dataset, tag: int) -> bytes:
 def _refuse_unusable(ds: Dataset) -> None:
     sop_class = _raw_text(ds, _SOP_CLASS).decode("latin-1")
     meta = getattr(ds, "file_meta", None)
+    _refuse_swallowing_meta(meta)
     media = None if meta is None else _uid(meta, _MEDIA_SOP_CLASS) or meta.get("MediaStorageSOPClassUID")
     if sop_class == DICOMDIR_SOP_CLASS or _DIRECTORY_RECORDS in ds or media == DICOMDIR_SOP_CLASS:
         raise DeidError("dicomdir", "a DICOMDIR's references break under de-identification; "
@@ -430,6 +432,20 @@ def _refuse_unusable(ds: Dataset) -> None:
     if not sop_class or not _raw_text(ds, _SOP_INSTANCE):
         raise DeidError("not-composite", "no SOP Class UID or SOP Instance UID, so the object "
                                          "cannot be stored as a DICOM file (ACR-NEMA or a fragment?)")
+
+
+def _refuse_swallowing_meta(meta) -> None:
+    """A File Meta Information Group Length of other than 4 bytes has swallowed the elements after it: the
+    byte walker refuses such a file, so the dataset walker does too."""
+    elem = None if meta is None else meta._dict.get(_META_GROUP_LENGTH)
+    if elem is None or elem.value is None:
+        return
+    if isinstance(elem, RawDataElement):
+        size, offset = len(elem.value), f"offset {elem.value_tell - 8}: " if elem.value_tell else ""
+    else:
+        size, offset = 4 * (len(elem.value) if isinstance(elem.value, list | MultiValue) else 1), ""
+    if size != 4:
+        raise DeidError("malformed", f"{offset}File Meta Information Group Length of {size} bytes, not 4")
 
 
 class Result(NamedTuple):
