@@ -74,11 +74,11 @@ def _journal_holder(text: str, key: str) -> str:
 class Outputs:
     """One unit's writes: each output under its claim, then the output itself, by exclusive creates.
 
-    On local disk a claim is a hard link, made in one step, to a journal of this unit's claims whose first
-    line for the key names the source URL: linking takes no new inode, where a file or symbolic link per
-    object costs as much as the output itself on some file systems. One attempt of the unit writes each
-    journal, and only until a claim through it fails or is given up, so the first line for a key is always
-    its holder's. Elsewhere a claim is a conditional PUT of the URL."""
+    On local disk a claim is a hard link, made in one step, to a journal of this unit's claims whose line
+    for the key names the source URL: linking takes no new inode, where a file or symbolic link per object
+    costs as much as the output itself on some file systems. One attempt of the unit writes each journal,
+    at most one line per key, each line just before its link: the one line for a key in the journal its
+    claim links to is the holder's. Elsewhere a claim is a conditional PUT of the URL."""
 
     def __init__(self, dest_fs, dest_path: str, tables_fs, tables_path: str, unit_id: str) -> None:
         self.dest_fs, self.dest_path = dest_fs, dest_path
@@ -86,7 +86,7 @@ class Outputs:
         self.unit_id = unit_id
         self.folders: set[str] = set()  # the folders this unit made already
         self._journal: tuple[str, int] | None = None  # (path, descriptor)
-        self._lines = 0
+        self._keys: set[str] = set()  # the keys of the current journal's lines
         self._journals = 0  # the number in the next journal's name: alike in every run of the unit
         self._lock = threading.Lock()  # stores run in a pool when DEST is remote and TABLES local
 
@@ -104,9 +104,9 @@ class Outputs:
             self._journal = None
 
     def _link(self, claim: str, key: str, url: str) -> None:
-        """Write this claim's line to the current journal (a new one when full), then link the claim to it;
-        a claim held already closes the journal, whose line for the key now holds nothing."""
-        if self._lines >= JOURNAL_LINES:
+        """Write this claim's line to the current journal, then link the claim to it; a new journal when
+        this one is full or has a line for the key already (a claim that failed, or one given up)."""
+        if len(self._keys) >= JOURNAL_LINES or key in self._keys:
             self._close_journal()
         while self._journal is None:  # a name no attempt of this unit has taken: one writer per journal
             path = f"{self.tables_path}/claims/{self.unit_id}.{self._journals}.journal"
@@ -116,14 +116,13 @@ class Outputs:
                 self._journal = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             except FileExistsError:
                 continue
-            self._lines = 0
+            self._keys = set()
         os.write(self._journal[1], (json.dumps([key, url]) + "\n").encode())
-        self._lines += 1
+        self._keys.add(key)
         _folder(claim, self.folders)
         try:
             os.link(self._journal[0], claim)
         except FileExistsError:
-            self._close_journal()
             raise
         except OSError:  # a file system without hard links: a symbolic link whose target is the URL
             os.symlink(url, claim)
@@ -160,7 +159,5 @@ class Outputs:
         if held is Put.SAME:  # this object's own earlier output (or part of it); its source changed since
             put_bytes(self.dest_fs, output, data)
             return None
-        with self._lock:  # DEST holds something this job never wrote: give the claim up, and its journal
-            self._close_journal()
-            retry(self.tables_fs.rm_file, claim)
+        retry(self.tables_fs.rm_file, claim)  # DEST holds something this job never wrote: claim nothing
         return "output-exists", "DEST already holds other bytes at this object's output key"

@@ -89,7 +89,7 @@ def test_a_rerun_after_a_killed_attempt_writes_the_same_outputs_in_a_journal_of_
     assert tree(Path(settings.dest)) == tree(Path(reference.dest))
     assert _written(settings) == _written(reference)
     journals = sorted(p.name for p in Path(settings.tables, "claims").glob("*.journal"))
-    assert journals[0] == "u-claims.0.journal" and len(journals) > 1  # the killed attempt's stays its own
+    assert journals == ["u-claims.0.journal", "u-claims.1.journal"]  # the killed attempt's stays its own
 
 
 @pytest.mark.parametrize("kind", ["symlink", "file"])
@@ -120,3 +120,18 @@ def test_a_file_system_without_hard_links_gets_symbolic_links(tmp_path, monkeypa
     claims, written = _claims(settings), _written(settings)
     assert set(claims) == set(written)
     assert {key: os.readlink(claim) for key, claim in claims.items()} == written
+
+
+def test_a_journal_holds_one_line_per_key_so_a_second_claimant_names_the_first(tmp_path):
+    """Two copies of one object in one unit: the second's claim fails and names the first as holder; its
+    line goes to a journal of its own, never beside the holder's line for the same key."""
+    data = next(iter(study_objects(1, 1).values()))
+    settings = _unit(tmp_path, {"a/first.dcm": data, "b/second.dcm": data})
+    (key, holder), = _written(settings).items()
+    assert holder.endswith("a/first.dcm")
+    quarantined = pq.read_table(Path(settings.tables, "quarantine", "parts")).to_pylist()
+    assert [q["detail"] for q in quarantined] == [f"same output key as {holder}, which is kept"]
+    for journal in Path(settings.tables, "claims").glob("*.journal"):
+        keys = [json.loads(line)[0] for line in journal.read_text().splitlines()]
+        assert len(keys) == len(set(keys)), journal.name
+    assert _holder(_claims(settings)[key], key) == holder
