@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -49,12 +48,12 @@ def new_uid(key: bytes, uid: str) -> str:
 
 def date_shift_days(key: bytes, identity: bytes) -> int:
     """Days (1 to MAX_SHIFT_DAYS, into the past) that every date of one patient moves."""
-    digest = hmac.new(key, b"dicom-deid/date-shift\x00" + identity, hashlib.sha256).digest()
+    digest = hmac.digest(key, b"dicom-deid/date-shift\x00" + identity, "sha256")  # one-shot, as `new_uid`
     return -(1 + int.from_bytes(digest[:8], "big") % MAX_SHIFT_DAYS)
 
 
 def patient_pseudonym(key: bytes, identity: bytes) -> str:
     """A research ID for one patient identity: 'P' and 20 hex digits of HMAC-SHA256(key, identity), a
     valid LO and PN value that reveals nothing without the key."""
-    digest = hmac.new(key, b"dicom-deid/patient\x00" + identity, hashlib.sha256).hexdigest()
+    digest = hmac.digest(key, b"dicom-deid/patient\x00" + identity, "sha256").hex()
     return "P" + digest[:20].upper()
