@@ -54,6 +54,7 @@ from .rules import action_at, needs_value, placed_tags
 from .structure import DICOMDIR_SOP_CLASS, UNDEFINED, max_elements, remembered_conformance
 from .structured import CODE_VALUE, CODING_SCHEME, CONCEPT_NAME, ITEM_SEQUENCES, VALUE_TYPE, value_actions
 from .values import SPACE_PADDED, concrete_vr, dummy, empty, shift
+from .written import Deidentified
 
 _SOP_CLASS, _SOP_INSTANCE, _DIRECTORY_RECORDS = 0x00080016, 0x00080018, 0x00041220
 _META_GROUP_LENGTH = 0x00020000
@@ -461,7 +462,8 @@ class Result(NamedTuple):
 def apply(dataset: Dataset, profile: Profile | None = None, *, secret: str | bytes | None = None,
           shift_identity: bytes | None = None, pseudonym: Pseudonym | None = None,
           **flags: bool) -> tuple[FileDataset, dict[str, str]]:
-    """De-identify `dataset` into a new file dataset; return it with original UID -> new UID.
+    """De-identify `dataset` into a new file dataset; return it with original UID -> new UID. The
+    dataset's `save_as` writes pydicom's bytes from the walk's own (`written.Deidentified`).
 
     `shift_identity` keys the date shift instead of this dataset's own patient identity (so that every
     object of a study shifts alike); `pseudonym` replaces Patient ID and Patient's Name."""
@@ -503,6 +505,7 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         raise DeidError("too-deep", "sequences nested too deeply to process") from exc
     except Exception as exc:  # a broken element anywhere: refuse the object, never half-finish it
         raise DeidError("unprocessable", f"{type(exc).__name__}: {exc}") from exc
-    out = FileDataset("", body, preamble=b"\0" * 128, file_meta=meta)
+    out = Deidentified("", body, preamble=b"\0" * 128, file_meta=meta)
     out.set_original_encoding(*body.original_encoding, body.original_character_set)
+    out.seal()
     return Result(out, walk.uids.uid_map, walk.uids.uid_attributes, walk.seen)
