@@ -327,3 +327,23 @@ def test_a_file_meta_group_length_that_swallows_elements_is_refused_by_both_walk
     assert by_bytes.value.reason == by_dataset.value.reason == "malformed"
     assert "File Meta Information Group Length of 52 bytes, not 4" in by_dataset.value.detail
     apply(pydicom.dcmread(get_testdata_file("CT_small.dcm")), secret=SECRET)  # a plain one is no refusal
+
+
+@pytest.mark.parametrize("tag", [b"\x08\x00\x16\x00", b"\x08\x00\x18\x00"], ids=["class", "instance"])
+def test_a_sop_uid_read_with_another_vr_is_refused_by_both_walkers(tag):
+    """A SOP UID read as DA does not conform and is dropped: the result would name no object (pydicom's
+    writer refuses its file meta, the result's own writer would write it), so both walkers refuse it."""
+    from pipeline.deid.stream import deidentify_bytes
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert data.count(tag + b"UI") == 1
+    flipped = data.replace(tag + b"UI", tag + b"DA")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(BytesIO(flipped), force=True)
+    with pytest.raises(DeidError) as by_dataset:
+        apply(ds, secret=SECRET)
+    with pytest.raises(DeidError) as by_bytes:
+        deidentify_bytes(flipped, Profile(), secret=SECRET)
+    assert by_bytes.value.reason == by_dataset.value.reason == "malformed"
+    assert "no value its VR allows" in by_dataset.value.detail

@@ -497,7 +497,11 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
             mark(body, profile)
         sop_class, sop_instance = _uid(body, _SOP_CLASS, True), _uid(body, _SOP_INSTANCE, True)
         if sop_class is None or sop_instance is None:
-            sop_class, sop_instance = body.SOPClassUID, body.SOPInstanceUID
+            sop_class, sop_instance = body.get(_SOP_CLASS), body.get(_SOP_INSTANCE)
+            sop_class, sop_instance = (None if e is None else e.value for e in (sop_class, sop_instance))
+        if not sop_class or not sop_instance:  # read with another VR, and dropped as not conforming to it
+            raise DeidError("malformed", "the SOP Class or SOP Instance UID holds no value its VR allows, "
+                                         "so the output would name no object")
         meta = raw_file_meta(sop_class, sop_instance, syntax) or file_meta_for(body, syntax)
     except DeidError:
         raise
