@@ -78,6 +78,14 @@ def _dataset_walker(data: bytes, profile: Profile) -> _Walk:
         ds.save_as(buffer, enforce_file_format=True)
     except Exception as exc:
         return _Walk(untyped=f"apply returned an unwritable dataset ({_name(exc)})", message=str(exc)[:300])
+    reference = io.BytesIO()
+    try:
+        pydicom.dcmwrite(reference, ds, enforce_file_format=True)  # after save_as: it converts some in place
+    except Exception as exc:
+        return _Walk(untyped=f"apply's result wrote a file pydicom's writer refuses ({_name(exc)})",
+                     message=str(exc)[:300])
+    if reference.getvalue() != buffer.getvalue():
+        return _Walk(untyped="apply's result wrote other bytes than pydicom's writer does")
     return _Walk(data=buffer.getvalue(), uid_map=uid_map)
 
 
