@@ -143,10 +143,11 @@ def _elements(data: bytes, whole: bool) -> dict:
         tag, vr, start, stop = reader.read_header(pos, implicit, limit)
         if tag > LAST_TAG:
             break
-        if reader.stray(pos, tag, stop, 0):
+        if tag >> 16 == 0xFFFE and reader.stray(pos, tag, stop, 0):  # as the byte walker: checks when needed
             pos = stop
             continue
-        reader.order(pos, tag, last)
+        if tag <= last or tag >> 16 == 0xFFFE:
+            reader.order(pos, tag, last)
         last = tag
         if vr is not None and (problem := contradiction(tag, vr)):
             raise DeidError("malformed", f"offset {pos}: {problem}")
