@@ -6,7 +6,8 @@ FOLDER defaults to ../shared/corpus (else pydicom's bundled test files); objects
 copied once per SOP Instance UID to a temporary folder, and again under other SOP Instance UIDs until there
 are about `objects`. Each round times, on local folders: the engine alone in this process (read file,
 de-identify, write file), the machine's own two-process gain (pure CPU), then the whole job (list, scan,
-plan, run, finalize) on an embedded LocalCluster of one worker and of two (start-up not timed), and the
+plan, run, finalize) on an embedded LocalCluster of one worker and of two, in turns (start-up not timed),
+then the engine alone and the machine's gain again (each baseline is the mean of both), and the
 `dicom-deid run` command on `small` objects and again with nothing new (start-up timed, as a person waits).
 It prints the issue's goals as ratios (medians and ranges over rounds) and where a one-worker job's CPU
 goes: engine, header scan, reads and writes, per-object bookkeeping, and the rest (Dask, list, plan,
@@ -57,14 +58,18 @@ def _burn(_: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def machine_parallelism(processes: int = 2) -> float:
-    """N processes of pure CPU against one: the most N workers could gain on this machine right now."""
+def machine_parallelism(processes: int = 2, times: int = 3) -> float:
+    """N processes of pure CPU against one: the most N workers could gain on this machine right now (the
+    median of a few tries, since a neighbour's burst in the one second a try takes skews it)."""
+    found = []
     with ProcessPoolExecutor(processes) as pool:
         list(pool.map(_burn, range(processes)))  # start every process before timing
-        alone = _burn()
-        start = time.perf_counter()
-        list(pool.map(_burn, range(processes)))
-        return processes * alone / (time.perf_counter() - start)
+        for _ in range(times):
+            alone = _burn()
+            start = time.perf_counter()
+            list(pool.map(_burn, range(processes)))
+            found.append(processes * alone / (time.perf_counter() - start))
+    return statistics.median(found)
 
 
 def _cpu_everywhere() -> float:
@@ -162,11 +167,17 @@ def main() -> None:
         small_files = sorted(small.iterdir())
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         engine, one, two, machine, small_engine, small_job, rerun = [], [], [], [], [], [], []
-        for _ in range(args.rounds):
-            machine.append(machine_parallelism())
-            engine.append(engine_alone(files, root / "engine-out"))
-            one.append(on_cluster(1, root / "source", root / "one", files[::copies]))
-            two.append(on_cluster(2, root / "source", root / "two", files[::copies]))
+        for i in range(args.rounds):
+            # Baselines before and after the jobs they are compared with, averaged, and the two jobs in
+            # turns, so that a machine whose speed drifts during a round biases no ratio one way.
+            gain, alone = machine_parallelism(), engine_alone(files, root / "engine-out")
+            jobs = {}
+            for workers in (1, 2) if i % 2 == 0 else (2, 1):
+                jobs[workers] = on_cluster(workers, root / "source", root / f"w{workers}", files[::copies])
+            one.append(jobs[1])
+            two.append(jobs[2])
+            engine.append((alone + engine_alone(files, root / "engine-out")) / 2)
+            machine.append((gain + machine_parallelism()) / 2)
             small_engine.append(engine_alone(small_files, root / "small-engine"))
             job, again = command(small, root / "small-job")
             small_job.append(job)
