@@ -199,6 +199,9 @@ def main() -> None:
     share = [g / m for g, m in zip(gain, machine, strict=True)]
     print(f"  2 workers / 1 worker, whole job:                {spread(gain)}  = {spread(share)} of the "
           "machine's own gain in the same round (goal >= 0.90x)")
+    extra = [b["cpu"] / a["cpu"] for a, b in zip(one, two, strict=True)]
+    print(f"  (CPU of every process, 2-worker job / 1-worker job: {spread(extra)}; 1.00x: the second worker "
+          "adds no work)")
     limit = [2 * e + 2 for e in small_engine]
     print(f"  {len(small_files)}-object `dicom-deid run`, with start-up:   {spread(small_job, ' s')} against "
           f"2 x engine + 2 s = {spread(limit, ' s')}  (goal: below)")
