@@ -135,3 +135,14 @@ def test_a_journal_holds_one_line_per_key_so_a_second_claimant_names_the_first(t
         keys = [json.loads(line)[0] for line in journal.read_text().splitlines()]
         assert len(keys) == len(set(keys)), journal.name
     assert _holder(_claims(settings)[key], key) == holder
+
+
+def test_a_journal_line_is_found_by_its_key_alone():
+    """The holder is the first whole line for the key: not a key it merely starts, not a cut line."""
+    lines = [json.dumps([f"s/r/{i}.dcm", f"file:///src/{i}.dcm"]) for i in range(3000)]
+    text = "\n".join(lines) + "\n" + json.dumps(["s/r/7.dcm", "file:///later"]) + "\n" + '["s/r/x.dcm", "fi'
+    assert outputs._journal_holder(text, "s/r/7.dcm") == "file:///src/7.dcm"  # the first line for it
+    assert outputs._journal_holder(text, "s/r/2999.dcm") == "file:///src/2999.dcm"
+    assert outputs._journal_holder(text, "s/r/1.dc") == ""  # a prefix of keys held, held by nobody
+    assert outputs._journal_holder(text, "s/r/x.dcm") == ""  # its line was cut short by a killed writer
+    assert outputs._journal_holder('["a", "u"]', "a") == "u"  # a last line without its newline
