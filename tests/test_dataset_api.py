@@ -347,3 +347,23 @@ def test_a_sop_uid_read_with_another_vr_is_refused_by_both_walkers(tag):
         deidentify_bytes(flipped, Profile(), secret=SECRET)
     assert by_bytes.value.reason == by_dataset.value.reason == "malformed"
     assert "no value its VR allows" in by_dataset.value.detail
+
+
+def test_a_sop_class_uid_stored_as_pn_is_written_by_both_walkers_alike():
+    """A UID under another text VR conforms to it and is kept: both walkers name the file by its text (the
+    dataset walker built a UID from a PersonName and refused the object; found by the fuzzer)."""
+    from pipeline.deid.stream import deidentify_bytes
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    tag = b"\x08\x00\x16\x00"
+    assert data.count(tag + b"UI") == 1
+    flipped = data.replace(tag + b"UI", tag + b"PN")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, _ = apply(pydicom.dcmread(BytesIO(flipped), force=True), secret=SECRET)
+    by_bytes = deidentify_bytes(flipped, Profile(), secret=SECRET)
+    assert by_bytes.fast and by_bytes.header["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2"
+    assert out.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    written = [pydicom.dcmread(BytesIO(data)) for data in (serialize(out), by_bytes.data)]
+    assert values(written[0]) == values(written[1])  # the same content (the PN's padding may differ)
+    assert values(written[0].file_meta) == values(written[1].file_meta)

@@ -414,6 +414,15 @@ def _uid(ds: Dataset, tag: int, as_written: bool = False) -> str | None:
     return uid
 
 
+def _meta_value(elem) -> str | MultiValue | None:
+    """A SOP UID's value as the file meta takes it: text, as the byte walker reads it, also where it was
+    stored under another text VR (a PersonName, say); None where it is no text."""
+    value = None if elem is None else elem.value
+    if isinstance(value, bytes | bytearray):
+        return None
+    return value if value is None or isinstance(value, str | MultiValue) else str(value)
+
+
 def _raw_text(ds: Dataset, tag: int) -> bytes:
     elem = ds.get_item(tag, keep_deferred=True)
     if elem is None or elem.value is None:
@@ -497,12 +506,12 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
             mark(body, profile)
         sop_class, sop_instance = _uid(body, _SOP_CLASS, True), _uid(body, _SOP_INSTANCE, True)
         if sop_class is None or sop_instance is None:
-            sop_class, sop_instance = body.get(_SOP_CLASS), body.get(_SOP_INSTANCE)
-            sop_class, sop_instance = (None if e is None else e.value for e in (sop_class, sop_instance))
+            sop_class, sop_instance = (_meta_value(body.get(tag)) for tag in (_SOP_CLASS, _SOP_INSTANCE))
         if not sop_class or not sop_instance:  # read with another VR, and dropped as not conforming to it
             raise DeidError("malformed", "the SOP Class or SOP Instance UID holds no value its VR allows, "
                                          "so the output would name no object")
-        meta = raw_file_meta(sop_class, sop_instance, syntax) or file_meta_for(body, syntax)
+        meta = (raw_file_meta(sop_class, sop_instance, syntax)
+                or file_meta_for(sop_class, sop_instance, syntax))
     except DeidError:
         raise
     except RecursionError as exc:

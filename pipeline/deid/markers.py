@@ -84,9 +84,9 @@ def file_meta_elements(sop_class: str, sop_instance: str, syntax: str) -> list[t
             (0x00020013, "SH", f"DICOMDEID_{package_version()}"[:16])]
 
 
-def file_meta_for(body: Dataset, syntax: UID) -> FileMetaDataset:
+def file_meta_for(sop_class, sop_instance, syntax: UID) -> FileMetaDataset:
     meta = FileMetaDataset()
-    for tag, vr, value in file_meta_elements(body.SOPClassUID, body.SOPInstanceUID, syntax):
+    for tag, vr, value in file_meta_elements(sop_class, sop_instance, syntax):
         meta.add_new(tag, vr, value)
     return meta
 
