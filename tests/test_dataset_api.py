@@ -329,15 +329,20 @@ def test_a_file_meta_group_length_that_swallows_elements_is_refused_by_both_walk
     apply(pydicom.dcmread(get_testdata_file("CT_small.dcm")), secret=SECRET)  # a plain one is no refusal
 
 
+def ct_small_with_vr(tag: bytes, vr: bytes) -> bytes:
+    """CT_small.dcm with one UI element's explicit VR bytes replaced (its value left as it is)."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert data.count(tag + b"UI") == 1
+    return data.replace(tag + b"UI", tag + vr)
+
+
 @pytest.mark.parametrize("tag", [b"\x08\x00\x16\x00", b"\x08\x00\x18\x00"], ids=["class", "instance"])
 def test_a_sop_uid_read_with_another_vr_is_refused_by_both_walkers(tag):
     """A SOP UID read as DA does not conform and is dropped: the result would name no object (pydicom's
     writer refuses its file meta, the result's own writer would write it), so both walkers refuse it."""
     from pipeline.deid.stream import deidentify_bytes
 
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    assert data.count(tag + b"UI") == 1
-    flipped = data.replace(tag + b"UI", tag + b"DA")
+    flipped = ct_small_with_vr(tag, b"DA")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(BytesIO(flipped), force=True)
@@ -354,10 +359,7 @@ def test_a_sop_class_uid_stored_as_pn_is_written_by_both_walkers_alike():
     dataset walker built a UID from a PersonName and refused the object; found by the fuzzer)."""
     from pipeline.deid.stream import deidentify_bytes
 
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    tag = b"\x08\x00\x16\x00"
-    assert data.count(tag + b"UI") == 1
-    flipped = data.replace(tag + b"UI", tag + b"PN")
+    flipped = ct_small_with_vr(b"\x08\x00\x16\x00", b"PN")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out, _ = apply(pydicom.dcmread(BytesIO(flipped), force=True), secret=SECRET)

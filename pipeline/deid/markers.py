@@ -6,6 +6,7 @@ from functools import cache, lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -84,7 +85,9 @@ def file_meta_elements(sop_class: str, sop_instance: str, syntax: str) -> list[t
             (0x00020013, "SH", f"DICOMDEID_{package_version()}"[:16])]
 
 
-def file_meta_for(sop_class, sop_instance, syntax: UID) -> FileMetaDataset:
+def file_meta_for(sop_class: str | MultiValue, sop_instance: str | MultiValue,
+                  syntax: UID) -> FileMetaDataset:
+    """Fresh file meta as a dataset: for SOP UIDs `rawmarks.raw_file_meta` cannot encode (several values)."""
     meta = FileMetaDataset()
     for tag, vr, value in file_meta_elements(sop_class, sop_instance, syntax):
         meta.add_new(tag, vr, value)
