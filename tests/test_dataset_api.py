@@ -369,3 +369,29 @@ def test_a_sop_class_uid_stored_as_pn_is_written_by_both_walkers_alike():
     written = [pydicom.dcmread(BytesIO(data)) for data in (serialize(out), by_bytes.data)]
     assert values(written[0]) == values(written[1])  # the same content (the PN's padding may differ)
     assert values(written[0].file_meta) == values(written[1].file_meta)
+
+
+@pytest.mark.parametrize("profile", [Profile(), Profile(retain_long_modified_dates=True)],
+                         ids=["basic", "modified"])
+def test_markers_the_source_held_under_another_vr_are_replaced_by_both_walkers(profile):
+    """A De-identification Method stored as LT is replaced by ours as LO; apply set its value into the
+    source's element and kept LT, where the byte walker wrote LO (found by the fuzzer)."""
+    from pipeline.deid.markers import mark
+    from pipeline.deid.stream import deidentify_bytes
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0x00120063, "LT", "removed by hand at the site")
+    ds.add_new(0x00120062, "LO", "NO")
+    fp = DicomBytesIO()
+    ds.save_as(fp)
+    source = fp.getvalue()
+    out, _ = apply(pydicom.dcmread(BytesIO(source)), profile=profile, secret=SECRET)
+    by_bytes = deidentify_bytes(source, profile, secret=SECRET)
+    for written in (pydicom.dcmread(BytesIO(serialize(out))), pydicom.dcmread(BytesIO(by_bytes.data))):
+        assert written[0x00120063].VR == "LO" and written[0x00120063].value[0].startswith("dicom-deid")
+        assert written.PatientIdentityRemoved == "YES"
+    assert serialize(out) == by_bytes.data
+    held = Dataset()
+    held.add_new(0x00120063, "LT", "removed by hand")  # the dataset path of a big endian source
+    mark(held, profile)
+    assert held[0x00120063].VR == "LO"

@@ -500,9 +500,9 @@ def deidentify(dataset: Dataset, profile: Profile, *, secret: str | bytes | None
         for tag, vr, value in pseudonym.elements() if pseudonym else ():
             body[tag] = DataElement(tag, vr, value)
         markers = raw_markers(profile, syntax.is_implicit_VR) if syntax.is_little_endian else ()
-        if markers and not any(elem.tag in body._dict for elem in markers):
+        if markers:  # replacing any the source had, as the byte walker does
             body._dict.update((elem.tag, elem) for elem in markers)
-        else:  # pydicom sets a value into an element already there, which keeps its VR and length form
+        else:
             mark(body, profile)
         sop_class, sop_instance = _uid(body, _SOP_CLASS, True), _uid(body, _SOP_INSTANCE, True)
         if sop_class is None or sop_instance is None:

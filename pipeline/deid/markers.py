@@ -32,6 +32,9 @@ OPTION_CODES = {
 }
 PRIVATE_KEPT_NOTE = "Private attributes retained (not a PS3.15 option)"
 _TRANSFER_SYNTAX = 0x00020010
+# Patient Identity Removed, De-identification Method, its Code Sequence, Longitudinal Temporal
+# Information Modified.
+MARKER_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
 
 
 @cache
@@ -66,6 +69,8 @@ def mark(ds: Dataset, profile: Profile) -> None:
     method += [meaning for _, meaning in codes]
     if profile.retain_private_tags and not profile.retain_safe_private:
         method.append(PRIVATE_KEPT_NOTE)
+    for tag in MARKER_TAGS:  # replaced, never set into: pydicom would keep a source element's VR
+        ds.pop(tag, None)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = method
     items = []
