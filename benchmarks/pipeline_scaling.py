@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def _warm(distinct: list[str]) -> None:
     tables and the walker's plans: 0.3-0.5 s here)."""
     __import__("pipeline.execute")
     pa.array(["warm"])
+    warnings.simplefilter("ignore")  # pydicom's words on odd files, which the run stage silences too
     for path in distinct:
         engine_once(Path(path).read_bytes())
 
