@@ -141,12 +141,14 @@ def _elements(data: bytes, whole: bool) -> dict:
                 break
             raise NeedMore(len(body) + 1)
         tag, vr, start, stop = reader.read_header(pos, implicit, limit)
+        if tag >> 16 == 0xFFFE:  # above every column, so looked at first, as the byte walker does
+            if reader.stray(pos, tag, stop, 0):
+                pos = stop
+                continue
+            reader.order(pos, tag, last)  # an item or delimiter outside its sequence: refused
         if tag > LAST_TAG:
             break
-        if tag >> 16 == 0xFFFE and reader.stray(pos, tag, stop, 0):  # as the byte walker: checks when needed
-            pos = stop
-            continue
-        if tag <= last or tag >> 16 == 0xFFFE:
+        if tag <= last:
             reader.order(pos, tag, last)
         last = tag
         if vr is not None and (problem := contradiction(tag, vr)):

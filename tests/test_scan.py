@@ -228,3 +228,26 @@ def test_header_reader_ends_at_zero_padding_and_checks_sequences_before_the_colu
     inner = data.index(b"\x08\x00\x55\x11UI")  # (0008,1155) inside the item: its length overruns the item
     broken = data[:inner + 6] + b"\xff\x00" + data[inner + 8:]
     assert read_header(broken, True)["error"] == "malformed"
+
+
+def test_header_reader_refuses_a_stray_delimiter_before_the_columns_as_the_engine_does():
+    """An item delimiter between top-level elements makes the object malformed for both readers; one after
+    the last element, followed by nothing, is skipped by both. (The scan stopped at any group FFFE tag as if
+    past its columns, and planned the object on the values read before it.)"""
+    from pipeline.deid import DeidError, Profile
+    from pipeline.deid.stream import deidentify_bytes
+    from pipeline.headers import read_header
+
+    with open(get_testdata_file("CT_small.dcm"), "rb") as f:
+        data = f.read()
+    delimiter = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    at = data.index(b"\x10\x00\x20\x00LO")  # Patient ID, before Study Instance UID
+    stray = data[:at] + delimiter + data[at:]
+    assert read_header(stray, True)["error"] == "malformed"
+    with pytest.raises(DeidError) as refused:
+        deidentify_bytes(stray, Profile(), secret=b"test-secret")
+    assert refused.value.reason == "malformed"
+    trailing = data + delimiter
+    record = read_header(trailing, True)
+    assert "error" not in record and record["study_uid"] == read_header(data, True)["study_uid"]
+    deidentify_bytes(trailing, Profile(), secret=b"test-secret")
