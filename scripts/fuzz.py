@@ -6,7 +6,8 @@
 
 A reproducer is (seed, kind, rng seed, profile): the seed is rebuilt from pydicom's test files (or the
 corpus given with --corpus), never stored. Exits 1 when any mutant leaked, raised an untyped error,
-hung, gave an unreadable output or made the two walkers disagree.
+hung, gave an unreadable output, made the two walkers disagree, or was written by the engine but read
+otherwise by the pipeline's header scan.
 """
 
 from __future__ import annotations

@@ -55,6 +55,21 @@ def test_the_leak_check_sees_planted_values_and_honours_what_a_profile_keeps(see
     assert "StudyDate" in leaked(data, PROFILES["modified-dates"])  # shifted, so the original must go
 
 
+def test_the_judge_sees_a_header_scan_that_reads_an_object_otherwise_than_the_engine(seeds, monkeypatch):
+    """The header scan groups objects by the UIDs it reads: one it reads otherwise than the engine, or
+    refuses while the engine writes it, is a disagreement."""
+    import fuzzing.check as check
+
+    data, profile = seeds[0].data, PROFILES["basic"]
+    assert check.judge(data, profile).cls == "written"
+    scanned = check.read_header(data, True)
+    monkeypatch.setattr(check, "read_header", lambda data, whole: {**scanned, "study_uid": "1.2.3"})
+    assert check.judge(data, profile) == check.Outcome("disagree", "the header scan read another study_uid "
+                                                                    "than the engine")
+    monkeypatch.setattr(check, "read_header", lambda data, whole: {**scanned, "error": "malformed"})
+    assert "refused it (malformed)" in check.judge(data, profile).detail
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_each_kind_mutates_and_reproduces_from_seed_kind_and_rng_seed(seeds, kind):
     made = 0

@@ -12,6 +12,7 @@ from samples import dataset_values
 
 from pipeline.deid import DeidError, Profile, apply, parse
 from pipeline.deid.stream import deidentify_bytes
+from pipeline.headers import read_header
 
 from .seeds import needles_for
 
@@ -122,11 +123,11 @@ def walkers(data: bytes, profile: Profile) -> dict[str, str | bytes]:
 def judge(data: bytes, profile: Profile) -> Outcome:
     """Run both walkers on one mutant and classify the result (a hang is caught in the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return _classify(_byte_walker(data, profile), _dataset_walker(data, profile), profile)
+        return _classify(_byte_walker(data, profile), _dataset_walker(data, profile), profile, data)
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
     try:
-        return _classify(_byte_walker(data, profile), _dataset_walker(data, profile), profile)
+        return _classify(_byte_walker(data, profile), _dataset_walker(data, profile), profile, data)
     except _Hang:
         return Outcome("hang", f"no answer within {HANG_SECONDS} s")
     finally:
@@ -134,7 +135,27 @@ def judge(data: bytes, profile: Profile) -> Outcome:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _classify(fast: _Walk, slow: _Walk, profile: Profile) -> Outcome:
+_SCANNED = (("study_uid", "StudyInstanceUID"), ("series_uid", "SeriesInstanceUID"),
+            ("sop_uid", "SOPInstanceUID"))
+
+
+def _scan_differs(data: bytes, walk: _Walk, written: pydicom.Dataset) -> str | None:
+    """How the header scan, which groups a written object into its study and unit, read it otherwise than
+    the engine: refused it, or found a UID other than the one the engine replaced (or none)."""
+    try:
+        record = read_header(data, True)
+    except Exception as exc:
+        return f"the header scan raised {_name(exc)}"
+    if record.get("error"):
+        return f"the header scan refused it ({record['error']}), the engine wrote it"
+    for column, keyword in _SCANNED:
+        out = str(written.get(keyword, "") or "")
+        if out and (walk.uid_map or {}).get(record[column], record[column]) != out:
+            return f"the header scan read another {column} than the engine"
+    return None
+
+
+def _classify(fast: _Walk, slow: _Walk, profile: Profile, data: bytes) -> Outcome:
     untyped = [w.untyped for w in (fast, slow) if w.untyped]
     if untyped:
         return Outcome("untyped", "; ".join(untyped))
@@ -152,6 +173,8 @@ def _classify(fast: _Walk, slow: _Walk, profile: Profile) -> Outcome:
         content = _content(fast.data)
     except Exception as exc:
         return Outcome("bad-output", f"byte walker output unreadable ({_name(exc)})")
+    if scan := _scan_differs(data, fast, pydicom.dcmread(io.BytesIO(fast.data))):
+        return Outcome("disagree", scan)
     if not fast.fast:  # the byte walker handed the file to the dataset walker: one result, nothing to compare
         return Outcome("written", "dataset walker")
     try:
