@@ -98,8 +98,7 @@ def _first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _content(data: bytes) -> tuple[dict, dict]:
-    ds = pydicom.dcmread(io.BytesIO(data))
+def _content(ds: pydicom.Dataset) -> tuple[dict, dict]:
     return dataset_values(ds), dataset_values(ds.file_meta)
 
 
@@ -170,15 +169,16 @@ def _classify(fast: _Walk, slow: _Walk, profile: Profile, data: bytes) -> Outcom
     if fast.refused or slow.refused:
         return Outcome("disagree", f"byte walker {fast.refused or 'wrote'}, apply {slow.refused or 'wrote'}")
     try:
-        content = _content(fast.data)
+        written = pydicom.dcmread(io.BytesIO(fast.data))
+        content = _content(written)
     except Exception as exc:
         return Outcome("bad-output", f"byte walker output unreadable ({_name(exc)})")
-    if scan := _scan_differs(data, fast, pydicom.dcmread(io.BytesIO(fast.data))):
+    if scan := _scan_differs(data, fast, written):
         return Outcome("disagree", scan)
     if not fast.fast:  # the byte walker handed the file to the dataset walker: one result, nothing to compare
         return Outcome("written", "dataset walker")
     try:
-        other = _content(slow.data)
+        other = _content(pydicom.dcmread(io.BytesIO(slow.data)))
     except Exception as exc:
         return Outcome("bad-output", f"apply output unreadable ({_name(exc)})")
     if content != other:
