@@ -23,10 +23,19 @@ _KEYS = ["attribute", "tag", "action", "source"]
 
 
 def unit_rows(counts: Iterable[Counter], unit_id: str) -> list[dict]:
-    """One unit's rows: the walkers' counts of its written objects, summed."""
-    total: Counter = Counter()
+    """One unit's rows: the walkers' counts of its written objects, summed. Objects of a series mostly
+    count alike, so a count equal to the one before is added once, times how often it came (comparing two
+    counts takes a tenth of the time adding one does)."""
+    runs: list[list] = []  # [count, how many objects in a row had it]
     for found in counts:
-        total.update(found)
+        if runs and dict.__eq__(runs[-1][0], found):  # Counter's own == is a Python loop
+            runs[-1][1] += 1
+        else:
+            runs.append([found, 1])
+    total: Counter = Counter()
+    for found, times in runs:
+        for key, count in found.items():
+            total[key] += count * times
     return [dict(zip([*_KEYS, "count"], row, strict=True), unit_id=unit_id) for row in rows(total)]
 
 

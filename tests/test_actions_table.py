@@ -34,3 +34,17 @@ def test_each_run_says_what_happened_to_each_attribute(tmp_path, dask_client):
     assert second["count"].sum() == 2 * result.actions(run=1)["count"].sum()  # the same object, twice
     assert later.actions(run=1).equals(result.actions(run=1))
     assert set(later.actions()["run"]) == {1, 2}
+
+
+def test_a_units_counts_are_summed_whether_objects_count_alike_or_not():
+    """Equal counts in a row are added once times their number: every object must still count once."""
+    from collections import Counter
+
+    from pipeline.actions import unit_rows
+
+    drop, empty = (0x00100010, "Z", "empty"), (0x00081030, "X", "drop")
+    alike, other = Counter({drop: 1}), Counter({drop: 2, empty: 1})
+    rows = unit_rows([alike, Counter(alike), other, alike, Counter({**alike}), Counter(alike)], "u-1")
+    counts = {row["tag"]: row["count"] for row in rows}
+    assert counts == {"(0010,0010)": 5 + 2, "(0008,1030)": 1}
+    assert {row["unit_id"] for row in rows} == {"u-1"}
