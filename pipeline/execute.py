@@ -128,35 +128,54 @@ def _read(row: dict, storage_options: dict | None) -> bytes:
     return retry(fs.cat_file, path)
 
 
+class _Settled:
+    """A call made already, read as a Future is read: a Future's lock costs more than a local read."""
+
+    __slots__ = ("_value", "_error")
+
+    def __init__(self, fn: Callable, args: tuple) -> None:
+        self._value = self._error = None
+        try:
+            self._value = fn(*args)
+        except Exception as exc:
+            self._error = exc
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+Pending = Future | _Settled  # a read or write: in the pool, or made already
+
+
 class _Inline:
     """Runs each call at once in this thread, as a pool would later: local reads and writes take microseconds,
     and handing them to threads costs the de-identifying thread more (GIL hand-offs) than it saves."""
 
     @staticmethod
-    def submit(fn: Callable, /, *args) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+    def submit(fn: Callable, /, *args) -> _Settled:
+        return _Settled(fn, args)
 
     @staticmethod
     def map(fn: Callable, items) -> Iterator:
         return map(fn, items)
 
 
-def _start_read(pool: ThreadPoolExecutor, row: dict, storage_options: dict | None) -> Future:
+def _start_read(pool: ThreadPoolExecutor, row: dict, storage_options: dict | None) -> Pending:
     """The object's read: in this thread for a local file, else in the pool, where latency overlaps."""
     runner = _Inline if row["url"].startswith(_LOCAL_PREFIX) else pool
     return runner.submit(_read, row, storage_options)
 
 
 def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dict | None,
-                ahead: int) -> Iterator[tuple[dict, Future | None]]:
+                ahead: int) -> Iterator[tuple[dict, Pending | None]]:
     """Rows in order with their reads, up to `ahead` reads (and IN_FLIGHT_BYTES) in flight so that storage
     latency overlaps the work; duplicates are not read ahead, since most are never read."""
-    window: deque[tuple[dict, Future | None]] = deque()
+    window: deque[tuple[dict, Pending | None]] = deque()
     held = 0
     for row in rows:
         duplicate = bool(row.get("duplicate_of"))
@@ -170,7 +189,7 @@ def _prefetched(pool: ThreadPoolExecutor, rows: list[dict], storage_options: dic
     yield from window
 
 
-def _deidentify(row: dict, read: Future, unit_id: str, settings: Settings,
+def _deidentify(row: dict, read: Pending, unit_id: str, settings: Settings,
                 key: bytes) -> tuple[_Outcome, bytes | None]:
     """The object's table rows and output bytes; anything wrong with the object becomes a quarantine row."""
     try:
@@ -269,7 +288,7 @@ def run_unit(unit: Unit, settings: Settings) -> dict:
     outcomes = []
     source_bytes = 0
     report = _reporter(unit, settings.progress_seconds)
-    writes: deque[tuple[Future, int, int]] = deque()  # (write, bytes, outcome number)
+    writes: deque[tuple[Pending, int, int]] = deque()  # (write, bytes, outcome number)
     pending = 0  # bytes waiting to be written
 
     def settle() -> None:
