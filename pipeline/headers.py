@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from functools import lru_cache
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding
 from pydicom.uid import UID
@@ -17,9 +17,10 @@ from .deid.structure import (
     MEDIA_SOP_CLASS,
     SPECIFIC_CHARACTER_SET,
     TRANSFER_SYNTAX,
+    UNDEFINED,
+    VR_CODES,
     Reader,
     contradiction,
-    dictionary_vr,
     looks_explicit,
 )
 
@@ -31,6 +32,10 @@ COLUMNS = {0x0020000D: "study_uid", 0x0020000E: "series_uid", 0x00080018: "sop_u
            LAST_TAG: "burned_in_annotation"}
 # Values in the object's character set; the others are plain ASCII codes and UIDs.
 _TEXT = {0x00100020, 0x00100021}
+_KEPT = frozenset(COLUMNS) | {SPECIFIC_CHARACTER_SET}
+# Little endian element headers, read inline for the common element (see `_elements`).
+_EXPLICIT_LE, _IMPLICIT_LE, _U32_LE = (Struct(f).unpack_from for f in ("<HH2sH", "<HHI", "<I"))
+_UNKNOWN_VR = (None, False)
 _PREAMBLE_AND_MAGIC = 132
 _NO_LIMIT = 2**62
 _DEFLATED_EXPLICIT = "1.2.840.10008.1.2.1.99"
@@ -81,6 +86,12 @@ def _deflated(syntax: str) -> bool:
     return syntax == _DEFLATED_EXPLICIT or (UID(syntax).is_transfer_syntax and UID(syntax).is_deflated)
 
 
+@lru_cache(maxsize=8192)
+def _agrees(tag: int, vr: str) -> bool:
+    """Whether an explicit VR can be the attribute's own (asked once per tag and VR, not per element)."""
+    return contradiction(tag, vr) is None
+
+
 def _body(data: bytes, pos: int, syntax: str, whole: bool) -> tuple[bytes, int, bool, bool]:
     """(dataset bytes, where its first element is, little endian, whole) as the engine reads them."""
     if not syntax:
@@ -121,6 +132,38 @@ def read_header(data: bytes, whole: bool) -> dict:
         return {"error": exc.reason}
 
 
+def _plain_run(body: bytes, pos: int, last: int, implicit: bool, reader: Reader,
+               found: dict[int, bytes]) -> tuple[int, int]:
+    """Past the common elements from `pos` on, read inline: little endian values of defined length (sequences
+    too, stepped over as `_elements` steps over them), in order, up to the last column, with a known VR that
+    can be the attribute's own. Every check of `_elements` passes for them, so only the first other element
+    needs the full reading; (pos, last tag)."""
+    end = len(body) - 12  # as `_elements` asks: 12 bytes, or NeedMore
+    elements, most = reader.elements, reader.max_elements
+    while pos <= end and body[pos] and elements < most:  # padding starts with a zero byte
+        if implicit:
+            group, element, length = _IMPLICIT_LE(body, pos)
+            plain = length != UNDEFINED
+            start = pos + 8
+        else:
+            group, element, code, length = _EXPLICIT_LE(body, pos)
+            vr, long = VR_CODES.get(code, _UNKNOWN_VR)
+            if long:
+                length, start = _U32_LE(body, pos + 8)[0], pos + 12
+            else:
+                start = pos + 8
+            plain = length != UNDEFINED and vr is not None and _agrees(group << 16 | element, vr)
+        tag, stop = group << 16 | element, start + length
+        if not (plain and last < tag <= LAST_TAG and stop <= end + 12):
+            break
+        elements += 1
+        if tag in _KEPT:
+            found[tag] = body[start:stop]
+        last, pos = tag, stop
+    reader.elements = elements
+    return pos, last
+
+
 def _elements(data: bytes, whole: bool) -> dict:
     meta = Reader(data)
     pos, syntax, media_class = _meta(data, 132 if data[128:132] == b"DICM" else 0, whole, meta)
@@ -133,7 +176,11 @@ def _elements(data: bytes, whole: bool) -> dict:
     found: dict[int, bytes] = {}
     last = -1
     limit = len(body) if complete else _NO_LIMIT
-    while pos < len(body) or not complete:
+    while True:
+        if little:  # big endian headers start with a zero byte, which the padding check below must see
+            pos, last = _plain_run(body, pos, last, implicit, reader, found)
+        if pos >= len(body) and complete:
+            break
         if pos + 12 > len(body) and not complete:
             raise NeedMore(pos + 12)
         if not body[pos] and reader.padding(pos, len(body)):  # padding starts with a zero byte
@@ -157,13 +204,12 @@ def _elements(data: bytes, whole: bool) -> dict:
             reader.undefined(pos, tag, vr)
         elif stop > len(body):
             raise NeedMore(stop)
-        if tag in COLUMNS or tag == SPECIFIC_CHARACTER_SET:
+        if tag in _KEPT:
             found[tag] = body[start:stop] if stop is not None else b""
-        if stop is not None and vr not in (None, "UN", "SQ"):  # no items to check: the value ends there
-            pos = stop
-        else:
-            pos = reader.past(vr if vr not in (None, "UN") else dictionary_vr(tag), start, stop,
-                              implicit or vr == "UN", 0)
+        # A defined length is stepped over, items and all: the engine checks every item, and where one is
+        # malformed refuses the object in its unit, whatever the plan read; an undefined one is followed
+        # through its items to its delimiter.
+        pos = stop if stop is not None else reader.skip(start, stop, implicit or vr == "UN", 0)
     charset = found.get(SPECIFIC_CHARACTER_SET)
     encodings = None
     if charset:

@@ -95,3 +95,31 @@ def test_bounded_fuzz_run_no_leak_no_untyped_error_walkers_agree(seeds):
     assert tally.total("refused") > 0 and tally.total("written") > 0, tally.table()
     failures = {cls: tally.total(cls) for cls in ("leaks", "untyped", "disagree", "bad-output", "hang")}
     assert failures == dict.fromkeys(failures, 0), "\n" + tally.table()
+
+
+def test_the_header_scans_inline_run_reads_every_mutant_as_the_full_reading_does(seeds, monkeypatch):
+    """The scan reads common elements inline and leaves every other one to the strict reader: with the inline
+    run turned off the answers (columns, refusal, or how many bytes more it needs) must be the same, on
+    every kind of mutant, read whole and cut short."""
+    import pipeline.headers as headers
+
+    def answers(data: bytes) -> list:
+        found = []
+        for cut in (len(data), 2000, 700, 300):
+            try:
+                found.append(headers.read_header(data[:cut], cut >= len(data)))
+            except headers.NeedMore as more:
+                found.append(("need-more", more.wanted))
+        return found
+
+    inputs = [seed.data for seed in seeds]
+    inputs += [m for kind in sorted(KINDS) for index, seed in enumerate(seeds[::2])
+               if (m := mutant(seed, kind, MASTER_SEED + index)) is not None]
+    assert len(inputs) > 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inline = [answers(data) for data in inputs]
+        monkeypatch.setattr(headers, "_plain_run", lambda body, pos, last, *rest: (pos, last))
+        full = [answers(data) for data in inputs]
+    assert inline == full
+    assert sum("error" in found[0] for found in full) > 20 and sum("error" not in f[0] for f in full) > 20

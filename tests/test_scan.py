@@ -203,10 +203,12 @@ def test_objects_the_header_reader_refuses_carry_the_engines_reason_and_are_quar
     assert stats["reasons"] == dict(Counter(reasons.values()))
 
 
-def test_header_reader_ends_at_zero_padding_and_checks_sequences_before_the_columns():
-    """The reader's shortcuts (padding only where a zero byte starts, plain values stepped over) keep its
-    answers: zero padding after the last element ends the dataset, and a broken item inside a sequence
-    before the columns still makes the object malformed, as the engine finds it."""
+def test_header_reader_ends_at_zero_padding_and_leaves_the_items_of_a_sequence_to_the_engine():
+    """The reader's shortcuts keep its answers: zero padding after the last element ends the dataset, and a
+    sequence of defined length is stepped over whole, so a broken item inside it before the columns is the
+    engine's to refuse: the object is planned by the UIDs around the sequence and quarantined in its unit."""
+    from pipeline.deid import DeidError, Profile
+    from pipeline.deid.stream import deidentify_bytes
     from pipeline.headers import NeedMore, read_header
 
     ds = Dataset()
@@ -227,7 +229,13 @@ def test_header_reader_ends_at_zero_padding_and_checks_sequences_before_the_colu
         read_header(padded[:-8], False)
     inner = data.index(b"\x08\x00\x55\x11UI")  # (0008,1155) inside the item: its length overruns the item
     broken = data[:inner + 6] + b"\xff\x00" + data[inner + 8:]
-    assert read_header(broken, True)["error"] == "malformed"
+    record = read_header(broken, True)
+    assert "error" not in record and record["study_uid"] == "1.2.826.0.1.3680043.99.1"
+    with pytest.raises(DeidError) as refused:
+        deidentify_bytes(broken, Profile(), secret=b"test-secret")
+    assert refused.value.reason == "malformed"
+    with pytest.raises(NeedMore):  # a read that ends inside the sequence needs the rest of it
+        read_header(broken[:inner], False)
 
 
 def test_header_reader_refuses_a_stray_delimiter_before_the_columns_as_the_engine_does():

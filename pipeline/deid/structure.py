@@ -30,7 +30,7 @@ SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS
 BINARY_VRS = frozenset({"AT", "FL", "FD", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV",
                         "UL", "US", "UV"})
 # An explicit VR header's two VR bytes -> the VR and whether a 4-byte length follows them.
-_VR_CODES = {vr.encode(): (vr, vr in LONG_VRS) for vr in SHORT_VRS | LONG_VRS}
+VR_CODES = {vr.encode(): (vr, vr in LONG_VRS) for vr in SHORT_VRS | LONG_VRS}
 MAX_ELEMENTS_ENV = "DICOM_DEID_MAX_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 200_000
 
@@ -166,7 +166,7 @@ class Reader:
             if group == 0xFFFE:
                 vr, length = None, self._u32(data, pos + 4)[0]
             else:
-                vr, long = _VR_CODES.get(code) or (code.decode("latin-1"), None)
+                vr, long = VR_CODES.get(code) or (code.decode("latin-1"), None)
                 if long:
                     if pos + 12 > limit:
                         raise self._overrun(pos, pos + 12, f"the {vr} header of {name(tag)}", limit)
