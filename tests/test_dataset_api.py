@@ -395,3 +395,28 @@ def test_markers_the_source_held_under_another_vr_are_replaced_by_both_walkers(p
     held.add_new(0x00120063, "LT", "removed by hand")  # the dataset path of a big endian source
     mark(held, profile)
     assert held[0x00120063].VR == "LO"
+
+
+def test_kept_private_values_are_written_as_read_by_both_walkers():
+    """A kept private element with a known VR stays raw in apply's output: converted, as setting it into a
+    dataset does, a DS of NUL bytes became an empty value where the byte walker kept its bytes (found by the
+    fuzzer), and a text padded with NUL came out padded with a space."""
+    from pipeline.deid.stream import deidentify_bytes
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    block = ds.private_block(0x0021, "DEID TEST", create=True)
+    block.add_new(0x93, "DS", "0")
+    block.add_new(0x94, "LO", "ABC")
+    fp = DicomBytesIO()
+    ds.save_as(fp)
+    source = fp.getvalue()
+    number, text = (pack("<HH", 0x0021, block.get_tag(offset) & 0xFFFF) for offset in (0x93, 0x94))
+    source = source.replace(number + b"DS\x02\x000 ", number + b"DS\x02\x00\0\0")
+    source = source.replace(text + b"LO\x04\x00ABC ", text + b"LO\x04\x00ABC\0")
+    assert b"DS\x02\x00\0\0" in source and b"ABC\0" in source
+    profile = Profile(retain_private_tags=True)
+    out, _ = apply(pydicom.dcmread(BytesIO(source)), profile=profile, secret=SECRET)
+    by_bytes = deidentify_bytes(source, profile, secret=SECRET)
+    assert b"DS\x02\x00\0\0" in by_bytes.data and b"ABC\0" in by_bytes.data
+    assert serialize(out) == by_bytes.data
+    assert out[block.get_tag(0x94)].private_creator == "DEID TEST"  # learnt when read, as pydicom does

@@ -260,7 +260,7 @@ class _Walk:
         for tag, elem in top.items():
             if elem.__class__ is _Walked:
                 elem = self._encoded(elem, encodings)
-            if elem.__class__ is RawDataElement and not tag >> 16 & 1:
+            if elem.__class__ is RawDataElement and (not tag >> 16 & 1 or elem.VR not in (None, "UN")):
                 out._dict[elem.tag] = elem  # what __setitem__ does for a public raw element
             else:
                 out[tag] = elem  # pydicom's own way: a private element learns its creator
