@@ -210,6 +210,23 @@ def test_safe_private_is_creator_aware(run):
     assert 0x00091001 not in out and 0x00090010 not in out
 
 
+def test_a_private_creator_left_out_as_invalid_takes_its_block_with_it(run):
+    """A creator whose value is invalid for the VR it is stored under is not output, so it reserves
+    nothing: its block's safe elements go too, rather than stay without a creator; and where the block
+    kept nothing, apply no longer fails removing a creator that is not there (found by the fuzzer)."""
+    ds = make_dataset()
+    ds.add_new(0x00190010, "LO", "GEMS_ACQU_01")
+    ds.add_new(0x00191024, "DS", "30")  # listed as safe under this creator
+    ds.add_new(0x00210010, "LO", "NOT LISTED")
+    ds.add_new(0x00211024, "DS", "30")
+    data = to_bytes(ds)
+    for creator in (b"\x19\x00\x10\x00LO\x0c\x00GEMS_ACQU_01", b"\x21\x00\x10\x00LO\x0a\x00NOT LISTED"):
+        assert creator in data
+        data = data.replace(creator, creator[:4] + b"DS" + creator[6:])  # text no DS may hold
+    out = read(run(data, retain_safe_private=True)[0])
+    assert not [tag for tag in out.keys() if tag.group in (0x0019, 0x0021)]
+
+
 def test_safe_private_decides_nested_items_one_by_one(run):
     """In a kept sequence each item's private blocks are decided by that item's own creators; a creator
     whose block keeps nothing goes with it."""

@@ -177,6 +177,8 @@ class _Walk:
                     same += new is elem
                 else:
                     seen[dropped] = seen.get(dropped, 0) + 1
+                    if private is not None:
+                        private.dropped(tag)
             else:
                 if op == NEW_UIDS:
                     op = settled(_text(elem))
@@ -190,6 +192,8 @@ class _Walk:
                 seen[key] = seen.get(key, 0) + 1
                 if new is not None:
                     out[tag] = new
+                elif private is not None:
+                    private.dropped(tag)
             if tag >> 16 & 0xFF01 == 0x6000:
                 overlays = True
         if private is not None:

@@ -127,6 +127,10 @@ class PrivateBlocks:
             return True
         return False
 
+    def dropped(self, tag: int) -> None:
+        """A creator left out (its value invalid for its VR) reserves nothing: its block goes with it."""
+        self.creators.pop(tag, None)
+
     def orphaned(self) -> list[int]:
         """Creator elements whose block kept nothing."""
         return [t for t in self.creators if (t >> 16, t & 0xFF) not in self.kept_blocks]

@@ -443,6 +443,8 @@ class _Stream(Reader):
                         raise malformed(pos, f"{name(tag)}: {problem[1]}")
                     key = (counted[0], action, DROP)  # a value that does not conform is not output
                     seen[key] = seen.get(key, 0) + 1
+                    if private is not None:
+                        private.dropped(tag)
                     pos = after
                     continue
                 keep(tag, known, value)
@@ -457,6 +459,8 @@ class _Stream(Reader):
                 if chunk is None:
                     key = (counted[0], action, DROP)
                     seen[key] = seen.get(key, 0) + 1
+                    if private is not None:
+                        private.dropped(tag)
                     pos = after
                     continue
             seen[counted] = seen.get(counted, 0) + 1  # inline: this runs once per element
