@@ -210,6 +210,20 @@ def test_safe_private_is_creator_aware(run):
     assert 0x00091001 not in out and 0x00090010 not in out
 
 
+def test_a_transfer_syntax_uid_of_several_values_is_refused_by_its_reason():
+    """A header swallowed into the file meta's Transfer Syntax UID reads as several values: refused as no
+    transfer syntax, not as an internal error (found by the fuzzer, seed 20261204)."""
+    data = to_bytes(make_dataset())
+    syntax = ExplicitVRLittleEndian.encode() + b"\0"
+    assert data.count(syntax) == 1
+    data = data.replace(syntax, b"1.2.840.10008.1.2\\1\0")  # the same length: nothing else moves
+    for walk in (lambda: deidentify_bytes(data, Profile(), secret=SECRET),
+                 lambda: apply(pydicom.dcmread(BytesIO(data)), Profile(), secret=SECRET)):
+        with pytest.raises(DeidError) as refused:
+            walk()
+        assert refused.value.reason == "unsupported-transfer-syntax"
+
+
 def test_a_private_creator_left_out_as_invalid_takes_its_block_with_it(run):
     """A creator whose value is invalid for the VR it is stored under is not output, so it reserves
     nothing: its block's safe elements go too, rather than stay without a creator; and where the block

@@ -112,7 +112,10 @@ def transfer_syntax(source: Dataset) -> UID:
     """The output keeps the source's transfer syntax; one without file meta says it by encoding."""
     meta = getattr(source, "file_meta", None)
     if meta is not None and _TRANSFER_SYNTAX in meta._dict:
-        return _syntax(meta[_TRANSFER_SYNTAX].value)
+        value = meta[_TRANSFER_SYNTAX].value
+        if not isinstance(value, str):  # several values (a header swallowed into it), or none
+            raise DeidError("unsupported-transfer-syntax", "the Transfer Syntax UID holds no single UID")
+        return _syntax(value)
     implicit, little = source.original_encoding
     if implicit:
         return ImplicitVRLittleEndian
