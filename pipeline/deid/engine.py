@@ -264,10 +264,13 @@ class _Walk:
         for tag, elem in top.items():
             if elem.__class__ is _Walked:
                 elem = self._encoded(elem, encodings)
+            # A raw element is stored as read and so written as the byte walker writes it (a private one
+            # learns its creator when read). Setting a private one would convert, and re-encode, its value;
+            # only one stored as UN is set, so that pydicom settles its VR once, not at each write.
             if elem.__class__ is RawDataElement and (not tag >> 16 & 1 or elem.VR not in (None, "UN")):
-                out._dict[elem.tag] = elem  # what __setitem__ does for a public raw element
+                out._dict[elem.tag] = elem
             else:
-                out[tag] = elem  # pydicom's own way: a private element learns its creator
+                out[tag] = elem
         return out
 
     def _encoded(self, walked: _Walked, encodings: list[str]) -> RawDataElement:
